@@ -1,0 +1,233 @@
+"""Reads a GEMS TFDS dataset with grain: per-host shards of padded, checkpointable batches.
+
+    it = make_iterator(data_dir, "train", batch_size=8, shuffle=True, seed=0, num_epochs=None,
+                       shard_index=jax.process_index(), shard_count=jax.process_count())
+    batch = next(it)           # dict of numpy arrays, leading dim = batch_size (per process)
+    state = it.get_state()     # store in the checkpoint; later: it.set_state(state)
+
+Batches follow `.plan/data_contract.md`: the example keys stacked over a leading dim b, `faces`
+decoded to uint8 [b, T, K, S, S, 3] (zeros for empty slots; dropped when decode_faces=False),
+strings as numpy object arrays (dropped when keep_strings=False), plus `valid` bool [b].
+
+Index plan (`ShardPlan`): each epoch orders the N examples (in storage order, or a permutation
+drawn from (seed, epoch) when shuffling; the same on every host), and shard s of n takes the
+positions s, s + n, s + 2n, ... of that order, so shards are disjoint and their union is the split.
+A shard's stream is its epochs one after another, cut into batches of b (a batch may span two
+epochs). When shuffling, the global permutation changes every epoch, so which examples a shard
+gets changes too (each epoch is still split disjointly and completely over the shards).
+  * Finite passes (num_epochs = E): every shard yields ceil(E * ceil(N / n) / b) batches; the
+    missing tail is filled with padding examples (`spec.padding_example`, `valid` False). So every
+    host runs the same number of steps (no multi-host deadlock) and no example is dropped.
+  * num_epochs=None repeats forever with full batches (a fresh permutation per epoch when
+    shuffling); it needs N >= n so that every shard has examples.
+
+Each batch is one element of a grain `MapDataset` (computed from its position alone), so the
+batches do not depend on `worker_count`, and the iterator's `get_state()`/`set_state()` resume
+at exactly the next batch. worker_count > 0 decodes in grain worker processes (`mp_prefetch`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import math
+import os
+import pathlib
+import sys
+from typing import Any
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import flags
+from absl import logging
+from PIL import Image
+
+from gems_jax.data import spec as spec_lib
+
+_PREFETCH_BATCHES = 2  # Batches prefetched per reader (threads or workers); they can be large.
+
+
+def resolve_dataset_dir(data_dir: str | os.PathLike) -> pathlib.Path:
+  """The dataset version folder: `data_dir` itself, or the single `<name>/<version>` below it."""
+  root = pathlib.Path(data_dir)
+  if (root / spec_lib.META_FILENAME).exists():
+    return root
+  found = sorted(p.parent for p in root.glob(f"*/*/{spec_lib.META_FILENAME}"))
+  if len(found) == 1:
+    return found[0]
+  if not found:
+    raise FileNotFoundError(f"no GEMS dataset ({spec_lib.META_FILENAME}) in {root} or in "
+                            f"{root}/<name>/<version>")
+  raise ValueError(f"{root} holds several GEMS datasets, pass one of: {[str(p) for p in found]}")
+
+
+def load_spec(data_dir: str | os.PathLike) -> spec_lib.DatasetSpec:
+  return spec_lib.read_spec(resolve_dataset_dir(data_dir))
+
+
+def _data_source(dataset_dir: pathlib.Path, split: str):
+  builder = tfds.builder_from_directory(str(dataset_dir))
+  if split not in builder.info.splits:
+    raise ValueError(f"split {split!r} not in {dataset_dir}; "
+                     f"available: {list(builder.info.splits)}")
+  return builder.as_data_source(split)
+
+
+def split_names(data_dir: str | os.PathLike) -> list[str]:
+  """The splits the dataset holds, e.g. ['test', 'train', 'val']."""
+  return sorted(tfds.builder_from_directory(str(resolve_dataset_dir(data_dir))).info.splits)
+
+
+def num_examples(data_dir: str | os.PathLike, split: str) -> int:
+  return len(_data_source(resolve_dataset_dir(data_dir), split))
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(num_records: int, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
+  if not shuffle:
+    return np.arange(num_records)
+  return np.random.default_rng([seed, epoch]).permutation(num_records)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardPlan:
+  """Which example indices each batch of one shard holds (see the module docstring)."""
+  num_records: int
+  batch_size: int
+  shard_index: int = 0
+  shard_count: int = 1
+  shuffle: bool = False
+  seed: int = 0
+  num_epochs: int | None = 1
+
+  def __post_init__(self):
+    if self.batch_size < 1:
+      raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+    if not 0 <= self.shard_index < self.shard_count:
+      raise ValueError(f"need 0 <= shard_index < shard_count, got {self.shard_index}, "
+                       f"{self.shard_count}")
+    if self.num_epochs is not None and self.num_epochs < 1:
+      raise ValueError(f"num_epochs must be None (repeat) or >= 1, got {self.num_epochs}")
+    if self.num_epochs is None and self.num_records < self.shard_count:
+      raise ValueError(f"repeating needs every shard to hold examples: {self.num_records} "
+                       f"examples < shard_count {self.shard_count}")
+
+  @property
+  def per_epoch(self) -> int:
+    """Examples of this shard in one epoch."""
+    return len(range(self.shard_index, self.num_records, self.shard_count))
+
+  @property
+  def num_batches(self) -> int | None:
+    """Batches of a finite pass (equal on every shard); None when repeating forever."""
+    if self.num_epochs is None:
+      return None
+    longest_shard = math.ceil(self.num_records / self.shard_count)
+    return math.ceil(self.num_epochs * longest_shard / self.batch_size)
+
+  def batch_indices(self, batch: int) -> np.ndarray:
+    """int64 [batch_size] example indices of batch number `batch`; -1 marks padding."""
+    positions = batch * self.batch_size + np.arange(self.batch_size)
+    total = math.inf if self.num_epochs is None else self.num_epochs * self.per_epoch
+    out = np.full(self.batch_size, -1, np.int64)
+    for i, position in enumerate(positions):
+      if position < total:
+        epoch, j = divmod(int(position), self.per_epoch)
+        order = _epoch_order(self.num_records, self.shuffle, self.seed, epoch)
+        out[i] = order[self.shard_index + j * self.shard_count]
+    return out
+
+
+def _record_to_example(record: dict[str, Any], spec: spec_lib.DatasetSpec) -> dict[str, Any]:
+  """A TFDS-decoded record (bytes strings, Python scalars) -> the contract's numpy example."""
+  out: dict[str, Any] = {key: record[key].decode("utf-8") for key in spec_lib.STRING_KEYS}
+  for key, (_, dtype) in spec_lib.array_specs(spec).items():
+    out[key] = np.asarray(record[key], dtype=dtype)
+  if spec.storage == "crops":
+    out["faces"] = record["faces"]
+  return out
+
+
+def _decode_faces(examples: list[dict[str, Any]], spec: spec_lib.DatasetSpec) -> np.ndarray:
+  s = spec.face_size
+  out = np.zeros((len(examples), spec.num_frames, spec.max_faces, s, s, 3), np.uint8)
+  for b, example in enumerate(examples):
+    for t, k in zip(*np.nonzero(example["face_mask"])):
+      try:
+        with Image.open(io.BytesIO(example["faces"][t, k])) as img:
+          pixels = np.asarray(img.convert("RGB"))
+      except Exception as e:  # PIL raises several types for corrupt data.
+        raise ValueError(f"example {example['clip_id']!r}: key 'faces': slot ({t}, {k}) does not "
+                         f"decode: {e}") from e
+      if pixels.shape != (s, s, 3):
+        raise ValueError(f"example {example['clip_id']!r}: key 'faces': slot ({t}, {k}) is "
+                         f"{pixels.shape}, expected {(s, s, 3)}")
+      out[b, t, k] = pixels
+  return out
+
+
+class MakeBatch(grain.transforms.Map):
+  """Batch number -> batch dict; module level and picklable for grain worker processes."""
+
+  def __init__(self, source, spec: spec_lib.DatasetSpec, plan: ShardPlan, decode_faces: bool,
+               keep_strings: bool):
+    self._source, self._spec, self._plan = source, spec, plan
+    self._decode_faces, self._keep_strings = decode_faces, keep_strings
+
+  def map(self, element: int) -> dict[str, np.ndarray]:
+    indices = self._plan.batch_indices(element)
+    valid = indices >= 0
+    records = iter(self._source.__getitems__(indices[valid].tolist()) if valid.any() else [])
+    padding = spec_lib.padding_example(self._spec)
+    examples = [_record_to_example(next(records), self._spec) if ok else padding for ok in valid]
+    batch = {key: np.stack([e[key] for e in examples])
+             for key in spec_lib.array_specs(self._spec)}
+    if self._keep_strings:
+      for key in spec_lib.STRING_KEYS:
+        batch[key] = np.array([e[key] for e in examples], dtype=object)
+    if self._spec.storage == "crops" and self._decode_faces:
+      batch["faces"] = _decode_faces(examples, self._spec)
+    batch["valid"] = valid
+    return batch
+
+
+def make_iterator(data_dir: str | os.PathLike, split: str, *, batch_size: int,
+                  shuffle: bool, seed: int, num_epochs: int | None,
+                  shard_index: int = 0, shard_count: int = 1, decode_faces: bool = True,
+                  worker_count: int = 0, keep_strings: bool = True) -> grain.DatasetIterator:
+  """A grain iterator over batches of this shard (`batch_size` per process).
+
+  num_epochs=None repeats forever (training); an integer gives a finite, padded pass
+  (evaluation). worker_count > 0 decodes in that many grain worker processes (spawned: the
+  caller's main module needs an `if __name__ == "__main__":` guard; batches then live in shared
+  memory). Call `close()` on an iterator with workers when done, and drop it, or grain prints
+  tracebacks at interpreter exit.
+  """
+  dataset_dir = resolve_dataset_dir(data_dir)
+  spec = spec_lib.read_spec(dataset_dir)
+  source = _data_source(dataset_dir, split)
+  plan = ShardPlan(len(source), batch_size, shard_index, shard_count, shuffle, seed, num_epochs)
+  length = sys.maxsize if plan.num_batches is None else plan.num_batches
+  batches = grain.MapDataset.range(length).map(
+      MakeBatch(source, spec, plan, decode_faces, keep_strings))
+  dataset = batches.to_iter_dataset(
+      grain.ReadOptions(num_threads=2, prefetch_buffer_size=_PREFETCH_BATCHES))
+  if worker_count > 0:
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()  # grain workers read absl flags (see environment.md pitfall 7).
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=worker_count, per_worker_buffer_size=_PREFETCH_BATCHES))
+  logging.info("input %s/%s: %d examples, shard %d/%d, %s batches of %d", dataset_dir, split,
+               len(source), shard_index, shard_count, plan.num_batches or "endless", batch_size)
+  return iter(dataset)
+
+
+def iterate_split_once(data_dir: str | os.PathLike, split: str, *, batch_size: int,
+                       shard_index: int = 0, shard_count: int = 1, decode_faces: bool = True,
+                       worker_count: int = 0, keep_strings: bool = True) -> grain.DatasetIterator:
+  """One ordered, padded pass over this shard of `split` (evaluation; see `make_iterator`)."""
+  return make_iterator(data_dir, split, batch_size=batch_size, shuffle=False, seed=0,
+                       num_epochs=1, shard_index=shard_index, shard_count=shard_count,
+                       decode_faces=decode_faces, worker_count=worker_count,
+                       keep_strings=keep_strings)

@@ -1,0 +1,77 @@
+"""Per-clip predictions of an evaluated split, written as JSONL (everything) and CSV (one row a clip).
+
+Each JSONL line holds the clip id, and per head the predicted class name, the class probabilities
+(softmax; sigmoid for multi-label situational emotions), the ground truth, and for valence/arousal
+the predicted and true values on the dataset's declared scale.
+"""
+import csv
+import json
+import os
+
+import numpy as np
+
+HEADS = (("group_emotion", "emotion_names"), ("group_category", "group_category_names"),
+         ("situation", "situation_names"), ("situational_emotion", "situational_emotion_names"))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+  e = np.exp(x - x.max(axis=-1, keepdims=True))
+  return e / e.sum(axis=-1, keepdims=True)
+
+
+def clip_rows(outputs: dict, labels: dict, host: dict, spec, multilabel: bool) -> list[dict]:
+  """One dict per valid clip of a batch (outputs, labels: numpy arrays with batch dim b)."""
+  rows = []
+  for i in np.flatnonzero(labels["valid"]):
+    row = {"clip_id": str(host["clip_id"][i]) if "clip_id" in host else str(i)}
+    for head, names_field in HEADS:
+      names = getattr(spec, names_field)
+      logits = outputs[head][i]
+      if head == "situational_emotion":
+        probs = 1 / (1 + np.exp(-logits)) if multilabel else _softmax(logits)
+        chosen = np.flatnonzero(probs > 0.5) if multilabel else [int(np.argmax(probs))]
+        row[head] = {"predicted": [names[c] for c in chosen],
+                     "probabilities": dict(zip(names, np.round(probs, 4).tolist())),
+                     "true": [names[c] for c in np.flatnonzero(labels[head][i] > 0.5)]}
+      else:
+        probs = _softmax(logits)
+        row[head] = {"predicted": names[int(np.argmax(probs))],
+                     "probabilities": dict(zip(names, np.round(probs, 4).tolist())),
+                     "true": names[int(labels[head][i])]}
+    for head in ("valence", "arousal"):
+      row[head] = {"predicted": round(float(outputs[head][i]), 4), "true": float(labels[head][i])}
+    rows.append(row)
+  return rows
+
+
+def face_rows(outputs: dict, labels: dict, spec) -> list[dict]:
+  """Stage-1 ('face' task) predictions: one row per labelled face (face batches are [n,1,1])."""
+  rows = []
+  for i in np.flatnonzero(labels["valid"]):
+    probs = _softmax(outputs["individual_emotion"][i].reshape(-1))
+    rows.append({"face": len(rows), "predicted": spec.emotion_names[int(np.argmax(probs))],
+                 "true": spec.emotion_names[int(labels["individual_emotion"][i].item())],
+                 "confidence": round(float(probs.max()), 4),
+                 "valence": round(float(outputs["individual_valence"][i].item()), 4),
+                 "arousal": round(float(outputs["individual_arousal"][i].item()), 4)})
+  return rows
+
+
+def write_predictions(out_dir: str, predictions, spec, task: str, multilabel: bool = True) -> str:
+  """Writes predictions.jsonl and predictions.csv; `predictions` is [(outputs, labels, host)]."""
+  os.makedirs(out_dir, exist_ok=True)
+  rows = []
+  for outputs, labels, host in predictions:
+    rows += face_rows(outputs, labels, spec) if task == "face" else clip_rows(
+        outputs, labels, host, spec, multilabel)
+  with open(os.path.join(out_dir, "predictions.jsonl"), "w") as f:
+    for row in rows:
+      f.write(json.dumps(row) + "\n")
+  flat = [{k: (v["predicted"] if isinstance(v, dict) else v) for k, v in row.items()} for row in rows]
+  with open(os.path.join(out_dir, "predictions.csv"), "w", newline="") as f:
+    if flat:
+      writer = csv.DictWriter(f, fieldnames=list(flat[0]))
+      writer.writeheader()
+      for row in flat:
+        writer.writerow({k: ";".join(v) if isinstance(v, list) else v for k, v in row.items()})
+  return os.path.join(out_dir, "predictions.jsonl")

@@ -1,0 +1,174 @@
+"""Evaluation report: metrics.json, metrics.md (the text table) and PNG plots.
+
+Plots are matplotlib `Figure` objects saved through the Agg canvas without pyplot, so importing this
+module changes no global matplotlib state and needs no display.
+
+Plots: one row-normalised confusion matrix per single-label head, a bar chart of the model against its
+baselines per head, and training curves read from the training loop's `metrics.jsonl` (one JSON object
+per line with a 'step' and scalar values; keys are grouped into panels by their prefix before the last
+'/', e.g. 'train/loss' and 'train/valence' in panel 'train', 'val/group_emotion/accuracy' in panel
+'val/group_emotion').
+"""
+from collections.abc import Mapping, Sequence
+import json
+import math
+import pathlib
+
+from matplotlib.figure import Figure
+import numpy as np
+
+from gems_jax.evaluation.metrics import format_table
+
+# labels.json key holding a head's class names, when they are not given under the head's own name.
+_LABELS_JSON_KEY = {'group_emotion': 'emotion', 'individual_emotion': 'emotion'}
+
+
+def to_jsonable(value):
+  """NumPy arrays/scalars -> lists/Python numbers, NaN/inf -> None (strict JSON)."""
+  if isinstance(value, Mapping):
+    return {str(k): to_jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple, np.ndarray)):
+    return [to_jsonable(v) for v in value]
+  if isinstance(value, (np.integer, np.bool_)):
+    return value.item()
+  if isinstance(value, (float, np.floating)):
+    return float(value) if math.isfinite(value) else None
+  return value
+
+
+def class_names_for(head: str, class_names: Mapping[str, Sequence[str]] | None, num_classes: int):
+  """The head's class names (by head name, then by its labels.json key), else '0'..'C-1'."""
+  class_names = class_names or {}
+  names = class_names.get(head, class_names.get(_LABELS_JSON_KEY.get(head, head)))
+  if names is None:
+    return [str(i) for i in range(num_classes)]
+  if len(names) != num_classes:
+    raise ValueError(f'class names for {head!r}: {len(names)} names {list(names)} for {num_classes} classes')
+  return list(names)
+
+
+def plot_confusion_matrix(cm: np.ndarray, names: Sequence[str], title: str, path) -> None:
+  """Rows = true class normalised to sum 1 (a row without examples stays 0), counts in the cells."""
+  cm = np.asarray(cm, np.float64)
+  normalised = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+  size = 2.0 + 0.6 * len(names)
+  fig = Figure(figsize=(size + 1.5, size))
+  ax = fig.subplots()
+  image = ax.imshow(normalised, cmap='Blues', vmin=0.0, vmax=1.0)
+  fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label='fraction of true class')
+  ticks = np.arange(len(names))
+  ax.set_xticks(ticks, names, rotation=45, ha='right')
+  ax.set_yticks(ticks, names)
+  ax.set_xlabel('predicted')
+  ax.set_ylabel('true')
+  ax.set_title(title)
+  for i, j in np.ndindex(cm.shape):
+    if cm[i, j]:
+      ax.text(j, i, f'{int(cm[i, j])}', ha='center', va='center', fontsize=8,
+              color='white' if normalised[i, j] > 0.5 else 'black')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
+def plot_baselines(metrics: Mapping[str, dict], path) -> None:
+  """One panel per head: grouped bars of each metric for the model and every baseline."""
+  heads = list(metrics)
+  columns = min(3, len(heads))
+  rows = math.ceil(len(heads) / columns)
+  fig = Figure(figsize=(5 * columns, 3.6 * rows))
+  axes = fig.subplots(rows, columns, squeeze=False)
+  for ax, head in zip(axes.flat, heads):
+    result = metrics[head]
+    series = {'model': result['model'], **result['baselines']}
+    metric_names = [m for m in result['model'] if m != 'pearson_r']
+    width = 0.8 / len(series)
+    for k, (name, values) in enumerate(series.items()):
+      heights = [np.nan if values.get(m) is None else values[m] for m in metric_names]
+      ax.bar(np.arange(len(metric_names)) + (k - (len(series) - 1) / 2) * width, heights, width, label=name)
+    ax.set_xticks(np.arange(len(metric_names)), metric_names)
+    ax.set_title(f"{head} (n={result['n']})")
+    ax.axhline(0.0, color='gray', linewidth=0.5)
+    ax.legend(fontsize=7)
+  for ax in axes.flat[len(heads):]:
+    ax.set_visible(False)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
+def read_jsonl(path) -> list[dict]:
+  """The records of a metrics.jsonl file; a malformed line raises ValueError naming the file and line."""
+  records = []
+  for number, line in enumerate(pathlib.Path(path).read_text().splitlines(), 1):
+    if line.strip():
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as error:
+        raise ValueError(f'{path}:{number}: not valid JSON: {error}') from error
+      if not isinstance(record, dict):
+        raise ValueError(f'{path}:{number}: expected a JSON object, got {type(record).__name__}')
+      records.append(record)
+  return records
+
+
+def plot_training_curves(jsonl_path, path) -> bool:
+  """Every numeric key vs 'step', one panel per key prefix; False (no file written) if nothing to plot."""
+  curves: dict[str, dict[str, list]] = {}
+  for record in read_jsonl(jsonl_path):
+    if 'step' not in record:
+      continue
+    for key, value in record.items():
+      if key not in ('step', 'time') and isinstance(value, (int, float)) and not isinstance(value, bool):
+        panel = key.rsplit('/', 1)[0] if '/' in key else 'other'
+        curves.setdefault(panel, {}).setdefault(key, []).append((record['step'], value))
+  if not curves:
+    return False
+  columns = 1 if len(curves) <= 3 else 2
+  rows = math.ceil(len(curves) / columns)
+  fig = Figure(figsize=(8 * columns, 3.2 * rows))
+  axes = fig.subplots(rows, columns, squeeze=False)
+  for ax in axes.flat[len(curves):]:
+    ax.set_visible(False)
+  for ax, (panel, series) in zip(axes.flat, sorted(curves.items())):
+    for key, points in sorted(series.items()):
+      steps, values = zip(*points)
+      ax.plot(steps, values, marker='.' if len(points) < 30 else None, label=key)
+    ax.set_title(panel)
+    ax.set_xlabel('step')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  return True
+
+
+def write_report(out_dir, metrics: Mapping[str, dict], class_names: Mapping[str, Sequence[str]] | None = None,
+                 jsonl_path=None) -> list[pathlib.Path]:
+  """Writes metrics.json, metrics.md, confusion_<head>.png, baselines.png and (if `jsonl_path` exists)
+  training_curves.png into `out_dir`; returns the written paths.
+
+  Args:
+    out_dir: folder, created if missing.
+    metrics: `MetricsAccumulator.compute()` output.
+    class_names: {head or labels.json key: names}, e.g. the dataset's labels.json; missing -> indices.
+    jsonl_path: the training loop's metrics.jsonl, optional.
+  """
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  written = [out_dir / 'metrics.json', out_dir / 'metrics.md']
+  written[0].write_text(json.dumps(to_jsonable(metrics), indent=1, allow_nan=False) + '\n')
+  written[1].write_text('# Evaluation\n\nModel metrics with majority and chance baselines of the evaluated '
+                        'split (definitions: `gems_jax/evaluation/metrics.py`).\n\n```\n'
+                        + format_table(metrics) + '```\n')
+  for head, result in metrics.items():
+    if result['kind'] == 'single_label':
+      path = out_dir / f'confusion_{head}.png'
+      names = class_names_for(head, class_names, result['num_classes'])
+      plot_confusion_matrix(result['confusion_matrix'], names, f"{head} (n={result['n']})", path)
+      written.append(path)
+  if metrics:
+    written.append(out_dir / 'baselines.png')
+    plot_baselines(metrics, written[-1])
+  if jsonl_path is not None and pathlib.Path(jsonl_path).exists():
+    if plot_training_curves(jsonl_path, out_dir / 'training_curves.png'):
+      written.append(out_dir / 'training_curves.png')
+  return written

@@ -1,0 +1,355 @@
+"""Training and evaluation library for GEMS (called by main.py; every piece is testable alone).
+
+One program from a laptop CPU to a pod: the mesh comes from `config.mesh`, every jitted function
+has explicit `NamedSharding`s, each process feeds its slice of the global batch, the train state is
+donated. Model selection uses the validation split only; the test split is evaluated once, at the
+end, with the best checkpoint.
+
+Two tasks share this loop (`config.task`):
+  'gems' — the clip-level multi-task model (gems_jax.models.gems.GEMS);
+  'face' — stage 1: the Swin face encoder + individual-emotion heads on labelled face crops.
+"""
+import functools
+import os
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from gems_jax.data import input_pipeline
+from gems_jax.evaluation import metrics as metrics_lib
+from gems_jax.models.gems import GEMS, FaceEmotionClassifier
+from gems_jax.training import batches as batches_lib
+from gems_jax.training import face_cache
+from gems_jax.training import losses as losses_lib
+from gems_jax.training import sharding as shd
+from gems_jax.training import state as state_lib
+from gems_jax.training.metric_writer import MetricWriter
+
+INDIVIDUAL_TASKS = ("individual_emotion", "individual_va")
+
+
+def create_model(config: ml_collections.ConfigDict, spec) -> GEMS | FaceEmotionClassifier:
+  """The Flax module for `config.task`, sized from the dataset spec."""
+  model_cfg = ml_collections.ConfigDict(config.model.to_dict())
+  fe = model_cfg.face_encoder
+  if config.task == "face":
+    return FaceEmotionClassifier(fe.name, dict(fe.overrides), len(spec.emotion_names),
+                                 dtype=jnp.dtype(fe.dtype))
+  if config.task != "gems":
+    raise ValueError(f"config.task must be 'gems' or 'face', got {config.task!r}")
+  hd = model_cfg.heads
+  for field, names in (("num_emotions", spec.emotion_names),
+                       ("num_group_categories", spec.group_category_names),
+                       ("num_situational_emotions", spec.situational_emotion_names),
+                       ("num_situations", spec.situation_names)):
+    if hd[field] != len(names):
+      raise ValueError(f"config.model.heads.{field}={hd[field]} but the dataset has "
+                       f"{len(names)} classes {list(names)}")
+  model_cfg.num_steps = config.input.num_steps
+  face_dim = spec.embed_dim if spec.storage == "embeddings" else 0
+  model_cfg.token_dim = face_dim + spec.text_parts * spec.text_dim  # 0 face dim: set at init.
+  return GEMS(ml_collections.FrozenConfigDict(model_cfg))
+
+
+def prepare_batch(config, batch: dict, rng: np.random.Generator | None = None) -> tuple[dict, dict]:
+  """Host batch -> (numeric arrays for the devices, host-only values)."""
+  if config.task == "face":
+    size = config.input.faces_per_batch if rng is not None else batch["face_mask"].size
+    return batches_lib.face_batch(batch, size, rng), {}
+  return batches_lib.split_host_keys(batches_lib.fit_steps(batch, config.input.num_steps))
+
+
+def compute_loss(config, outputs, batch):
+  """(total, terms) of `config.loss`; the face task keeps only the individual terms."""
+  loss_config = dict(config.loss.to_dict(), situational=config.model.heads.situational)
+  if config.task == "face":
+    loss_config["weights"] = {t: (config.loss.weights[t] if t in INDIVIDUAL_TASKS else 0.0)
+                              for t in losses_lib.TASKS}
+  return losses_lib.gems_losses(outputs, batch, loss_config)
+
+
+def _apply(model, variables, batch, *, train, rngs=None):
+  mutable = ["batch_stats"] if train and "batch_stats" in variables else False
+  inputs = batch["faces"] if isinstance(model, FaceEmotionClassifier) else batch
+  out = model.apply(variables, inputs, train=train, rngs=rngs, mutable=mutable)
+  return out if mutable else (out, {})
+
+
+def train_step(state: state_lib.TrainState, batch, rng, *, model, config):
+  """One optimizer step; returns the new state and scalar metrics (loss terms, lr, grad norm)."""
+  dropout_rng = jax.random.fold_in(rng, state.step)
+
+  def loss_fn(params):
+    variables = {"params": params, **state.model_state}
+    outputs, updates = _apply(model, variables, batch, train=True, rngs={"dropout": dropout_rng})
+    total, terms = compute_loss(config, outputs, batch)
+    return total, (terms, updates)
+
+  (total, (terms, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  model_state = {**state.model_state, **updates}
+  new_state = state.apply_gradients(grads, model_state)
+  scalars = {"loss": total, "grad_norm": _global_norm(grads), **terms}
+  return new_state, scalars
+
+
+def _global_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def eval_step(state: state_lib.TrainState, batch, *, model, config):
+  """Outputs and loss of one batch; returned replicated so every host sees the whole batch."""
+  outputs, _ = _apply(model, state.variables(), batch, train=False)
+  total, terms = compute_loss(config, outputs, batch)
+  outputs = {k: v for k, v in outputs.items() if not k.startswith("forecast")}
+  return outputs, batch, {"loss": total, **terms}
+
+
+class Trainer:
+  """Holds the compiled step functions and shardings of one run."""
+
+  def __init__(self, config, spec, mesh, steps_per_epoch: int):
+    self.config, self.spec, self.mesh = config, spec, mesh
+    self.model = create_model(config, spec)
+    self.steps_per_epoch = steps_per_epoch
+    self.schedule = state_lib.learning_rate_schedule(config.optim, steps_per_epoch,
+                                                     config.train.num_epochs)
+    self.repl = shd.replicated(mesh)
+    self.batch_sharding = shd.batch_sharding(mesh)
+
+  def init_state(self, sample_batch: dict, rng: jax.Array) -> state_lib.TrainState:
+    """Initialises parameters directly in their sharded layout (jit with out_shardings)."""
+    local = {k: v[: max(1, v.shape[0] // max(1, jax.local_device_count()))] for k, v in
+             sample_batch.items()}
+    init_rngs = {"params": rng, "dropout": rng}
+
+    def init_fn():
+      inputs = local["faces"] if self.config.task == "face" else local
+      variables = self.model.init(init_rngs, jax.tree.map(jnp.asarray, inputs), train=False)
+      params = variables.pop("params")
+      frozen = self._frozen_prefixes(params)
+      tx = state_lib.create_optimizer(self.config.optim, self.schedule, params, frozen)
+      return state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                  opt_state=tx.init(params), model_state=dict(variables), tx=tx)
+
+    abstract = jax.eval_shape(init_fn)
+    self.state_sharding = shd.tree_shardings(abstract, self.mesh)
+    state = jax.jit(init_fn, out_shardings=self.state_sharding)()
+    state = face_cache.load_face_encoder(self.config, state)
+    self._compile(state)
+    return state
+
+  def _frozen_prefixes(self, params) -> tuple[str, ...]:
+    fe = self.config.model.face_encoder
+    if self.config.task == "gems" and fe.frozen and "encoder" in params.get("face_branch", {}):
+      return ("face_branch/encoder",)
+    return ()
+
+  def _compile(self, state):
+    step = functools.partial(train_step, model=self.model, config=self.config)
+    self.train_step = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding, self.repl),
+                              out_shardings=(self.state_sharding, self.repl), donate_argnums=(0,))
+    estep = functools.partial(eval_step, model=self.model, config=self.config)
+    self.eval_step = jax.jit(estep, in_shardings=(self.state_sharding, self.batch_sharding),
+                             out_shardings=self.repl)
+    del state
+
+  def evaluate(self, state, split: str, *, collect_predictions: bool = False):
+    """Metrics over the whole split (padded last batch masked out), and optional predictions."""
+    cfg = self.config
+    it = input_pipeline.make_iterator(
+        cfg.input.data_dir, split, batch_size=shd.per_process_batch_size(cfg.eval.batch_size, self.mesh),
+        shuffle=False, seed=0, num_epochs=1, shard_index=jax.process_index(),
+        shard_count=jax.process_count(), decode_faces=self.decode_faces,
+        worker_count=cfg.input.worker_count)
+    acc = metrics_lib.MetricsAccumulator(situational=cfg.model.heads.situational)
+    loss_sums, n_batches, predictions = {}, 0, []
+    for batch in it:
+      numeric, host = prepare_batch(cfg, batch)
+      outputs, labels, scalars = self.eval_step(state, shd.global_batch(numeric, self.mesh))
+      outputs, labels = jax.tree.map(np.asarray, (outputs, labels))
+      acc.update(outputs, labels)
+      for k, v in scalars.items():
+        loss_sums[k] = loss_sums.get(k, 0.0) + float(v)
+      n_batches += 1
+      if collect_predictions:
+        predictions.append((outputs, labels, host))
+    result = acc.compute()
+    result["loss"] = {k: v / max(n_batches, 1) for k, v in loss_sums.items()}
+    return result, predictions
+
+  @property
+  def decode_faces(self) -> bool:
+    return self.spec.storage == "crops"
+
+
+def class_names(spec) -> dict[str, tuple[str, ...]]:
+  return {"group_emotion": spec.emotion_names, "individual_emotion": spec.emotion_names,
+          "group_category": spec.group_category_names, "situation": spec.situation_names,
+          "situational_emotion": spec.situational_emotion_names}
+
+
+def headline_metrics(result: dict) -> dict[str, float]:
+  """{'group_emotion/uar': ..., 'loss/loss': ...}: the model's numbers without baselines."""
+  flat = {f"{head}/{name}": value for head, r in result.items() if head != "loss"
+          for name, value in r["model"].items()}
+  flat.update({f"loss/{name}": value for name, value in result.get("loss", {}).items()})
+  return flat
+
+
+def selection_score(config, result: dict) -> float:
+  """The validation number that selects the best checkpoint (higher is better; 'loss' negated)."""
+  name = config.train.selection_metric
+  flat = headline_metrics(result)
+  if name == "loss":
+    return -float(flat["loss/loss"])
+  if name not in flat:
+    raise KeyError(f"config.train.selection_metric={name!r} is not among the metrics: {sorted(flat)}")
+  return float(flat[name])
+
+
+def _check_finite(step: int, scalars: dict, ckpt) -> None:
+  loss = float(scalars["loss"])
+  if not np.isfinite(loss):
+    last = ckpt.latest.latest_step()
+    raise FloatingPointError(
+        f"non-finite training loss {loss} at step {step} (terms: "
+        f"{ {k: float(v) for k, v in scalars.items()} }); stopping. The last good checkpoint is "
+        f"step {last} in {ckpt.latest.directory}; lower config.optim.learning_rate or check the data.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains with early stopping on the eval split, then evaluates the best checkpoint on the eval
+  and test splits; writes metrics, predictions and a report into `workdir`. Resumes if the workdir
+  holds checkpoints. Returns the final metrics {split: metrics}."""
+  from tqdm import tqdm
+  from gems_jax.training.checkpointing import Checkpoints
+
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=1))
+  config = face_cache.prepare_input(config, workdir)
+  mesh = shd.make_mesh(config.mesh)
+  spec = input_pipeline.load_spec(config.input.data_dir)
+  n_train = input_pipeline.num_examples(config.input.data_dir, config.input.train_split)
+  steps_per_epoch = max(1, -(-n_train // config.input.batch_size))
+  total_steps = steps_per_epoch * config.train.num_epochs
+  trainer = Trainer(config, spec, mesh, steps_per_epoch)
+  make_train_iter = functools.partial(
+      input_pipeline.make_iterator, config.input.data_dir, config.input.train_split,
+      batch_size=shd.per_process_batch_size(config.input.batch_size, mesh), shuffle=True,
+      seed=config.seed, num_epochs=None, shard_index=jax.process_index(),
+      shard_count=jax.process_count(), decode_faces=trainer.decode_faces,
+      worker_count=config.input.worker_count)
+  train_iter = make_train_iter()
+  rng = jax.random.key(config.seed)
+  sample, _ = prepare_batch(config, next(make_train_iter()), np.random.default_rng(0))
+  state = trainer.init_state(sample, rng)
+  logging.info("model %s: %d parameters", type(trainer.model).__name__,
+               state_lib.count_params(state.params))
+
+  ckpt = Checkpoints(workdir, keep=config.checkpoint.keep)
+  meta = {"best_score": None, "best_step": None, "bad_evals": 0, "stopped": False, "data": None}
+  restored = ckpt.restore(state)
+  if restored is not None:
+    state, meta = restored
+    train_iter.set_state(meta["data"])
+    logging.info("resumed from step %d in %s", int(state.step), workdir)
+  writer = MetricWriter(workdir)
+  step = int(state.step)
+  bar = tqdm(total=total_steps, initial=step, desc="train", unit="step",
+             disable=jax.process_index() != 0)
+  while step < total_steps and not meta["stopped"]:
+    numeric, _ = prepare_batch(config, next(train_iter), np.random.default_rng((config.seed, step)))
+    state, scalars = trainer.train_step(state, shd.global_batch(numeric, mesh), rng)
+    step += 1
+    bar.update(1)
+    epoch_end = step % steps_per_epoch == 0 or step == total_steps
+    if step % config.train.log_every_steps == 0 or epoch_end:
+      scalars = {k: float(v) for k, v in jax.device_get(scalars).items()}
+      _check_finite(step, scalars, ckpt)
+      writer.write(step, "train", {**scalars, "learning_rate": float(trainer.schedule(step - 1)),
+                                   "steps_per_second": bar.format_dict.get("rate") or 0.0})
+      bar.set_postfix(loss=f"{scalars['loss']:.3f}")
+    epoch = step // steps_per_epoch
+    if epoch_end and (epoch % config.train.eval_every_epochs == 0 or step == total_steps):
+      result, _ = trainer.evaluate(state, config.input.eval_split)
+      writer.write(step, config.input.eval_split, headline_metrics(result))
+      score = selection_score(config, result)
+      improved = meta["best_score"] is None or score > meta["best_score"]
+      if improved:
+        meta.update(best_score=score, best_step=step, bad_evals=0)
+      else:
+        meta["bad_evals"] += 1
+      meta["stopped"] = meta["bad_evals"] >= config.train.patience
+      logging.info("step %d (epoch %d): val %s = %.4f (best %.4f at step %d)", step, epoch,
+                   config.train.selection_metric, score, meta["best_score"], meta["best_step"])
+      ckpt.save(step, state, dict(meta, data=train_iter.get_state()), best=improved)
+    elif config.train.checkpoint_every_steps and step % config.train.checkpoint_every_steps == 0:
+      ckpt.save(step, state, dict(meta, data=train_iter.get_state()))
+  bar.close()
+  if meta["stopped"]:
+    logging.info("early stopping: no improvement in %d evaluations", config.train.patience)
+  results = _final_evaluation(trainer, ckpt, state, workdir, writer)
+  writer.close()
+  ckpt.close()
+  return results
+
+
+def _final_evaluation(trainer, ckpt, state, workdir, writer,
+                      splits: tuple[str, ...] | None = None, which: str = "best") -> dict:
+  """Evaluates the best checkpoint once per split; writes predictions, metrics and the report."""
+  from gems_jax.evaluation import predictions as predictions_lib
+  from gems_jax.evaluation import report as report_lib
+
+  cfg = trainer.config
+  restored = ckpt.restore(state, which=which)
+  if restored is None:
+    raise FileNotFoundError(f"no {which!r} checkpoint in {workdir}")
+  state, meta = restored
+  splits = splits or (cfg.input.eval_split, cfg.input.test_split)
+  available = input_pipeline.split_names(cfg.input.data_dir)
+  results = {}
+  for split in splits:
+    if split not in available:
+      logging.warning("split %r not in the dataset (has %s); skipped", split, sorted(available))
+      continue
+    result, predictions = trainer.evaluate(state, split, collect_predictions=True)
+    results[split] = result
+    writer.write(int(state.step), f"final_{split}", headline_metrics(result))
+    heads = {k: v for k, v in result.items() if k != "loss"}
+    if jax.process_index() == 0:
+      out_dir = os.path.join(workdir, "report", split)
+      predictions_lib.write_predictions(out_dir, predictions, trainer.spec, cfg.task,
+                                        multilabel=cfg.model.heads.situational == "multilabel")
+      report_lib.write_report(out_dir, heads, class_names(trainer.spec), writer.jsonl_path)
+      logging.info("%s (best checkpoint, step %d):\n%s", split, int(state.step),
+                   metrics_lib.format_table(heads))
+  return results
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: str = "best",
+                        splits=None) -> dict:
+  """Eval-only mode: restores a saved checkpoint and writes predictions and metrics per split."""
+  from gems_jax.training.checkpointing import Checkpoints
+
+  config = face_cache.prepare_input(config, workdir)
+  mesh = shd.make_mesh(config.mesh)
+  spec = input_pipeline.load_spec(config.input.data_dir)
+  trainer = Trainer(config, spec, mesh, steps_per_epoch=1)
+  it = input_pipeline.make_iterator(
+      config.input.data_dir, config.input.eval_split, batch_size=shd.per_process_batch_size(
+          config.eval.batch_size, mesh), shuffle=False, seed=0, num_epochs=1,
+      decode_faces=trainer.decode_faces)
+  sample, _ = prepare_batch(config, next(iter(it)))
+  state = trainer.init_state(sample, jax.random.key(config.seed))
+  ckpt = Checkpoints(workdir, keep=config.checkpoint.keep)
+  writer = MetricWriter(workdir)
+  results = _final_evaluation(trainer, ckpt, state, workdir, writer,
+                              splits=tuple(splits) if splits else None, which=which)
+  writer.close()
+  ckpt.close()
+  return results

@@ -1,0 +1,36 @@
+"""pytest setup: CPU only, 8 fake CPU devices for sharding tests, shared fixtures."""
+import os
+
+# Must happen before JAX initialises its backends.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+  os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+
+import pathlib  # noqa: E402
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+# Many tests compile the same small models: a persistent compilation cache shared by the test
+# processes (and subprocesses, through the environment) saves minutes per run.
+_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/gems_jax_test_xla_cache")
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _media_dir() -> pathlib.Path:
+  return pathlib.Path(os.environ.get("GEMS_TEST_MEDIA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def real_clip() -> pathlib.Path:
+  """The real test clip `crowd_4s.mp4`; skips (or fails under CI=true) when it is missing."""
+  path = _media_dir() / "crowd_4s.mp4"
+  if not path.exists():
+    if os.environ.get("CI", "").lower() == "true":
+      pytest.fail(f"test media missing under CI: {path} (set GEMS_TEST_MEDIA)")
+    pytest.skip(f"test media not found: {path} (set GEMS_TEST_MEDIA to its folder)")
+  return path

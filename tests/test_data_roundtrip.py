@@ -1,0 +1,205 @@
+"""Dataset spec, validation, the TFDS ArrayRecord writer and the planted generator."""
+import io
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from gems_jax.data import input_pipeline, planted, tfds_writer
+from gems_jax.data import spec as spec_lib
+
+
+def _write(root, spec, n_train=12, n_val=5):
+  splits = {"train": planted.make_planted_examples(spec, n_train, seed=0),
+            "val": planted.make_planted_examples(spec, n_val, seed=1)}
+  return tfds_writer.write_dataset(root, spec, splits), splits
+
+
+@pytest.fixture(scope="module", params=["embeddings", "crops"])
+def written(request, tmp_path_factory):
+  spec = planted.planted_spec(storage=request.param, num_frames=5, max_faces=3, text_dim=8,
+                              **({"embed_dim": 16} if request.param == "embeddings" else {}))
+  path, splits = _write(tmp_path_factory.mktemp(request.param), spec)
+  return spec, path, splits
+
+
+def _assert_same(expected, actual, key):
+  if key in spec_lib.STRING_KEYS:
+    assert actual == expected, key
+  elif key == "faces":
+    assert actual.shape == expected.shape and actual.tolist() == expected.tolist(), key
+  else:
+    assert np.asarray(actual).dtype == np.asarray(expected).dtype, key
+    np.testing.assert_array_equal(actual, expected, err_msg=key)  # NaN == NaN here.
+
+
+def test_spec_json_roundtrip_and_unknown_key():
+  spec = planted.planted_spec(emotion_names=["a", "b", "c"], valence_range=[0, 1])
+  again = spec_lib.DatasetSpec.from_json(spec.to_json())
+  assert again == spec and again.emotion_names == ("a", "b", "c") and again.num_emotions == 3
+  with pytest.raises(ValueError, match="num_frame"):
+    spec_lib.DatasetSpec.from_json(spec.to_json().replace('"num_frames"', '"num_frame"'))
+  with pytest.raises(ValueError, match="embed_dim"):
+    spec_lib.DatasetSpec(name="x", num_frames=2, max_faces=1, text_dim=4, storage="embeddings")
+
+
+def test_roundtrip_every_key_per_clip(written):
+  spec, path, splits = written
+  assert input_pipeline.load_spec(path) == spec
+  assert input_pipeline.load_spec(path.parent.parent) == spec  # The TFDS data_dir works too.
+  for split, examples in splits.items():
+    expected = {e["clip_id"]: spec_lib.validate_example(e, spec) for e in examples}
+    source = tfds.data_source(spec.name, data_dir=str(path.parent.parent), split=split)
+    assert len(source) == len(expected) == input_pipeline.num_examples(path, split)
+    stored = [source[i] for i in range(len(source))]
+    assert [r["clip_id"].decode() for r in stored] == [e["clip_id"] for e in examples]  # Order.
+    batches = list(input_pipeline.iterate_split_once(path, split, batch_size=4,
+                                                     decode_faces=False))
+    seen = set()
+    for batch in batches:
+      for i in np.flatnonzero(batch["valid"]):
+        clip = batch["clip_id"][i]
+        seen.add(clip)
+        for key in spec_lib.example_keys(spec):
+          if key != "faces":
+            _assert_same(expected[clip][key], batch[key][i], key)
+    assert seen == set(expected)
+    if spec.storage == "crops":  # The JPEG bytes themselves survive.
+      for record in stored:
+        _assert_same(expected[record["clip_id"].decode()]["faces"], record["faces"], "faces")
+
+
+@pytest.mark.parametrize("written", ["crops"], indirect=True)
+def test_decoded_faces_match_the_jpegs(written):
+  spec, path, splits = written
+  examples = {e["clip_id"]: e for e in splits["val"]}
+  batch = next(input_pipeline.iterate_split_once(path, "val", batch_size=8))
+  assert batch["faces"].shape == (8, 5, 3, spec.face_size, spec.face_size, 3)
+  assert batch["faces"].dtype == np.uint8
+  for i, clip in enumerate(batch["clip_id"]):
+    if not batch["valid"][i]:
+      assert not batch["faces"][i].any()
+      continue
+    example = examples[clip]
+    for t in range(spec.num_frames):
+      for k in range(spec.max_faces):
+        if example["face_mask"][t, k]:
+          pixels = np.asarray(Image.open(io.BytesIO(example["faces"][t, k])).convert("RGB"))
+          np.testing.assert_array_equal(batch["faces"][i, t, k], pixels)
+        else:
+          assert not batch["faces"][i, t, k].any()
+  assert "faces" not in next(input_pipeline.iterate_split_once(path, "val", batch_size=2,
+                                                               decode_faces=False))
+  assert "clip_id" not in next(input_pipeline.iterate_split_once(path, "val", batch_size=2,
+                                                                 keep_strings=False))
+
+
+def _break(example, key, value):
+  out = dict(example)
+  out[key] = value
+  return out
+
+
+def _bad_jpeg(size):
+  buf = io.BytesIO()
+  Image.fromarray(np.zeros((size, size, 3), np.uint8)).save(buf, format="JPEG")
+  return buf.getvalue()
+
+
+def test_validation_errors_name_key_and_values():
+  spec = planted.planted_spec()
+  good = planted.make_planted_examples(spec, 1, seed=3)[0]
+  assert spec_lib.validate_example(good, spec)["group_emotion"].dtype == np.int32
+  face = tuple(int(i) for i in np.argwhere(good["face_mask"])[0])
+  empty = tuple(int(i) for i in np.argwhere(~good["face_mask"])[0])
+  nan_face = good["individual_valence"].copy()
+  nan_face[face] = 7.0
+  filled = good["face_track"].copy()
+  filled[empty] = 3
+  holes = good["step_mask"].copy()
+  holes[0] = False
+  cases = [
+      (_break(good, "frame_index", np.zeros(9, np.int32)), "frame_index", r"\(8,\).*\(9,\)"),
+      (_break(good, "group_emotion", 9), "group_emotion", "9"),
+      (_break(good, "valence", np.float32("nan")), "valence", "nan"),
+      (_break(good, "arousal", 1.5), "arousal", "1.5"),
+      (_break(good, "group_category", 0.5), "group_category", "float64"),
+      (_break(good, "individual_valence", nan_face), "individual_valence", "7.0"),
+      (_break(good, "face_track", filled), "face_track", "empty slots"),
+      (_break(good, "step_mask", holes), "step_mask", "prefix"),
+      (_break(good, "situational_emotion", np.zeros(10)), "situational_emotion", "positive"),
+      (_break(good, "clip_id", ""), "clip_id", "non-empty"),
+      ({k: v for k, v in good.items() if k != "situation"}, "situation", "missing"),
+  ]
+  for example, key, detail in cases:
+    with pytest.raises(ValueError, match=f"'{key}'.*{detail}"):
+      spec_lib.validate_example(example, spec)
+
+  crops = planted.planted_spec(storage="crops")
+  good_crops = planted.make_planted_examples(crops, 1, seed=3)[0]
+  wrong_size = good_crops["faces"].copy()
+  wrong_size[np.nonzero(good_crops["face_mask"])[0][0],
+             np.nonzero(good_crops["face_mask"])[1][0]] = _bad_jpeg(crops.face_size + 1)
+  with pytest.raises(ValueError, match="'faces'.*17x17"):
+    spec_lib.validate_example(_break(good_crops, "faces", wrong_size), crops)
+  with pytest.raises(ValueError, match="'face_embedding'.*unexpected"):
+    spec_lib.validate_example(_break(good_crops, "face_embedding", np.zeros(3)), crops)
+
+
+def test_writer_is_atomic_and_checks_splits(tmp_path):
+  spec = planted.planted_spec(num_frames=3, max_faces=2, text_dim=4, embed_dim=4)
+  examples = planted.make_planted_examples(spec, 6, seed=0)
+  bad = examples[:4] + [_break(examples[4], "situation", 10)]
+  with pytest.raises(ValueError, match="split 'train'.*'situation'"):
+    tfds_writer.write_dataset(tmp_path, spec, {"train": bad})
+  final = tfds_writer.dataset_path(tmp_path, spec)
+  assert not final.exists() and not list(tmp_path.glob(".tmp-*"))
+
+  path = tfds_writer.write_dataset(tmp_path, spec, {"train": examples[:4]})
+  assert path == final and input_pipeline.num_examples(path, "train") == 4
+  with pytest.raises(FileExistsError):
+    tfds_writer.write_dataset(tmp_path, spec, {"train": examples})
+  with pytest.raises(ValueError, match="source video"):  # Clips 0 and 1 share a source video.
+    tfds_writer.write_dataset(tmp_path, spec, {"train": examples[:1], "val": examples[1:2]},
+                              overwrite=True)
+  with pytest.raises(ValueError, match="duplicate"):
+    tfds_writer.write_dataset(tmp_path, spec, {"train": examples[:2] + examples[:1]},
+                              overwrite=True)
+  with pytest.raises(ValueError, match="no examples"):
+    tfds_writer.write_dataset(tmp_path, spec, {"train": examples[:2], "val": []}, overwrite=True)
+  assert input_pipeline.num_examples(path, "train") == 4  # Failed overwrites changed nothing.
+  tfds_writer.write_dataset(
+      tmp_path, spec, {"train": examples, "test": planted.make_planted_examples(spec, 2, seed=9)},
+      overwrite=True)
+  assert input_pipeline.num_examples(path, "train") == 6
+  assert input_pipeline.num_examples(path, "test") == 2
+  assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_planted_examples_are_valid_deterministic_and_follow_the_rules():
+  spec = planted.planted_spec()
+  first = planted.make_planted_examples(spec, 40, seed=5)
+  again = planted.make_planted_examples(spec, 40, seed=5)
+  other = planted.make_planted_examples(spec, 40, seed=6)
+  for a, b in zip(first, again):
+    for key in spec_lib.example_keys(spec):
+      _assert_same(a[key], b[key], key)
+  assert not np.array_equal(first[0]["face_embedding"], other[0]["face_embedding"])
+  assert {e["source_video"] for e in first}.isdisjoint({e["source_video"] for e in other})
+  padded_steps = padded_slots = 0
+  for example in first:
+    clean = spec_lib.validate_example(example, spec)
+    mask = clean["face_mask"]
+    true_emotion = np.argmax(  # The nearest prototype recovers most individual emotions.
+        clean["face_embedding"][mask] @ planted._World(spec, 0).face_proto.T, axis=-1)
+    counts = np.bincount(true_emotion, minlength=spec.num_emotions)
+    assert counts[clean["group_emotion"]] >= counts.max() - 2
+    assert clean["situational_emotion"][clean["situation"] % 10] == 1
+    padded_steps += int((~clean["step_mask"]).sum())
+    padded_slots += int((~mask[clean["step_mask"]]).sum())
+  assert padded_steps > 0 and padded_slots > 0  # Masks matter.
+  many = planted.make_planted_examples(spec, 300, seed=1)
+  for key, classes in (("group_emotion", 9), ("group_category", 3), ("situation", 10)):
+    shares = np.bincount([int(e[key]) for e in many], minlength=classes) / 300
+    assert shares.max() < 2.0 / classes, (key, shares)  # Balanced-ish: no dominant class.

@@ -1,0 +1,70 @@
+"""Tests for gems_jax.evaluation.report: files written, PNGs readable and non-trivial, strict JSON."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gems_jax.evaluation import metrics, report
+from test_metrics import make_batches
+
+CLASS_NAMES = {'emotion': ['fear', 'anger', 'joy', 'sadness', 'disgust', 'surprise', 'trust', 'anticipation',
+                           'none'],
+               'group_category': ['positive', 'neutral', 'negative']}
+
+
+def computed_metrics():
+  accumulator = metrics.MetricsAccumulator()
+  for outputs, batch in make_batches(0):
+    accumulator.update(outputs, batch)
+  return accumulator.compute()
+
+
+def assert_non_trivial_png(path):
+  with Image.open(path) as image:
+    image.verify()
+  with Image.open(path) as image:
+    pixels = np.asarray(image.convert('L'), np.float32)
+  assert pixels.shape[0] > 200 and pixels.shape[1] > 200, path
+  assert pixels.std() > 5.0, path  # not a blank canvas
+  assert len(np.unique(pixels)) > 20, path
+
+
+def test_write_report_writes_table_json_and_plots(tmp_path):
+  jsonl = tmp_path / 'metrics.jsonl'
+  records = [{'step': s, 'train/loss': 3.0 / (s + 1), 'train/group_emotion': 2.0 / (s + 1)} for s in range(0, 50, 5)]
+  records += [{'step': s, 'val/group_emotion/accuracy': 0.3 + s / 200} for s in (10, 30, 49)]
+  jsonl.write_text('\n'.join(json.dumps(r) for r in records) + '\n')
+  results = computed_metrics()
+  written = report.write_report(tmp_path / 'report', results, CLASS_NAMES, jsonl)
+  names = {path.name for path in written}
+  assert {'metrics.json', 'metrics.md', 'baselines.png', 'training_curves.png', 'confusion_group_emotion.png',
+          'confusion_group_category.png', 'confusion_situation.png', 'confusion_individual_emotion.png'} == names
+  for path in written:
+    assert path.exists() and path.stat().st_size > 0
+    if path.suffix == '.png':
+      assert_non_trivial_png(path)
+  loaded = json.loads((tmp_path / 'report' / 'metrics.json').read_text(),
+                      parse_constant=lambda c: pytest.fail(f'non-standard JSON constant {c}'))
+  assert loaded['group_emotion']['confusion_matrix'] == results['group_emotion']['confusion_matrix'].tolist()
+  assert loaded['valence']['model']['mse'] == pytest.approx(results['valence']['model']['mse'])
+  assert metrics.format_table(results) in (tmp_path / 'report' / 'metrics.md').read_text()
+
+
+def test_nan_becomes_null_and_class_names_are_checked(tmp_path):
+  results = {'valence': metrics.evaluate_regression(np.ones(4), np.ones(4))}
+  assert np.isnan(results['valence']['model']['ccc'])
+  report.write_report(tmp_path, results)
+  assert json.loads((tmp_path / 'metrics.json').read_text())['valence']['model']['ccc'] is None
+  assert not (tmp_path / 'training_curves.png').exists()
+  assert report.class_names_for('situation', CLASS_NAMES, 3) == ['0', '1', '2']
+  assert report.class_names_for('individual_emotion', CLASS_NAMES, 9)[2] == 'joy'
+  with pytest.raises(ValueError, match='group_category'):
+    report.class_names_for('group_category', CLASS_NAMES, 4)
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path):
+  jsonl = tmp_path / 'metrics.jsonl'
+  jsonl.write_text('{"step": 1, "train/loss": 1.0}\n{broken\n')
+  with pytest.raises(ValueError, match='metrics.jsonl:2'):
+    report.plot_training_curves(jsonl, tmp_path / 'curves.png')

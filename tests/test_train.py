@@ -1,0 +1,157 @@
+"""The training library on planted-signal data: learning, sharding equivalence, kill-and-resume."""
+import json
+import pathlib
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import gems as gems_config
+from gems_jax import train
+from gems_jax.data import input_pipeline
+from gems_jax.data import planted
+from gems_jax.data import tfds_writer
+from gems_jax.training import sharding as shd
+
+HEADS = ("group_emotion", "group_category", "situation")
+
+
+@pytest.fixture(scope="module")
+def planted_dir(tmp_path_factory) -> str:
+  spec = planted.planted_spec()
+  root = tmp_path_factory.mktemp("planted")
+  splits = {"train": planted.make_planted_examples(spec, 192, seed=1),
+            "val": planted.make_planted_examples(spec, 48, seed=2),
+            "test": planted.make_planted_examples(spec, 60, seed=3)}  # 60: a partial last batch.
+  return str(tfds_writer.write_dataset(root, spec, splits))
+
+
+def small_config(data_dir: str, **overrides):
+  config = gems_config.get_config("runlocal")
+  config.input.data_dir = data_dir
+  config.input.batch_size = 16
+  config.eval.batch_size = 16
+  config.model.face_encoder.frozen = True
+  config.train.log_every_steps = 4
+  for key, value in overrides.items():
+    section, name = key.split(".")
+    config[section][name] = value
+  return config
+
+
+def test_learns_planted_signal_and_beats_majority_baselines(planted_dir, tmp_path):
+  config = small_config(planted_dir, **{"train.num_epochs": 12, "train.patience": 100,
+                                        "optim.learning_rate": 3e-3})
+  results = train.train_and_evaluate(config, str(tmp_path))
+  test = results["test"]
+  model = lambda head, m: test[head]["model"][m]
+  baseline = lambda head, m, b="majority": test[head]["baselines"][b][m]
+  for head in HEADS:
+    assert model(head, "accuracy") > baseline(head, "accuracy") + 0.15, (head, test[head])
+    assert model(head, "uar") > baseline(head, "uar", "chance") + 0.15, (head, test[head])
+  assert model("situational_emotion", "mAP") > baseline("situational_emotion", "mAP", "chance") + 0.2
+  assert model("valence", "ccc") > 0.5 and model("arousal", "ccc") > 0.5
+  assert model("individual_emotion", "accuracy") > baseline("individual_emotion", "accuracy") + 0.3
+  losses = [r["train/loss"] for r in map(json.loads, open(tmp_path / "metrics.jsonl"))
+            if r["split"] == "train"]
+  assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3])
+  report = tmp_path / "report" / "test"
+  assert (report / "predictions.jsonl").exists() and (report / "metrics.json").exists()
+  rows = [json.loads(line) for line in open(report / "predictions.jsonl")]
+  assert len(rows) == input_pipeline.num_examples(planted_dir, "test")  # Nothing dropped.
+  assert list(report.glob("*.png")), "no plots written"
+
+
+def _one_step(config, mesh, batch):
+  spec = input_pipeline.load_spec(config.input.data_dir)
+  trainer = train.Trainer(config, spec, mesh, steps_per_epoch=4)
+  state = trainer.init_state(batch, jax.random.key(0))
+  params_before = jax.device_get(state.params)
+  state, scalars = trainer.train_step(state, shd.global_batch(batch, mesh), jax.random.key(1))
+  return jax.device_get(scalars), jax.device_get(state.params), params_before, state
+
+
+@pytest.mark.parametrize("data,fsdp", [(8, 1), (2, 4)])
+def test_same_step_on_one_device_and_on_eight(planted_dir, data, fsdp):
+  config = small_config(planted_dir)
+  config.model.fusion.d_model = 64  # Kernels large enough for fsdp to shard some of them.
+  it = input_pipeline.make_iterator(planted_dir, "train", batch_size=16, shuffle=False, seed=0,
+                                    num_epochs=1)
+  batch, _ = train.prepare_batch(config, next(iter(it)))
+  one = _one_step(config, shd.make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1]), batch)
+  many = _one_step(config, shd.make_mesh({"data": data, "fsdp": fsdp}), batch)
+  np.testing.assert_allclose(one[0]["loss"], many[0]["loss"], rtol=1e-5)
+  chex.assert_trees_all_close(one[2], many[2], atol=1e-6)  # Same initialisation.
+  chex.assert_trees_all_close(one[1], many[1], atol=2e-5)  # Same update.
+  if fsdp > 1:
+    specs = {str(x.sharding.spec) for x in jax.tree.leaves(many[3].params)}
+    assert any("fsdp" in s for s in specs), specs
+
+
+class _Killed(Exception):
+  pass
+
+
+def test_kill_and_resume_gives_the_same_parameters(planted_dir, tmp_path, monkeypatch):
+  config = small_config(planted_dir, **{"train.num_epochs": 3, "train.checkpoint_every_steps": 5})
+  train.train_and_evaluate(config, str(tmp_path / "whole"))
+
+  original_init = train.Trainer._compile
+  calls = {"n": 0}
+
+  def compile_with_crash(self, state):
+    original_init(self, state)
+    step = self.train_step
+
+    def crashing_step(*args):
+      calls["n"] += 1
+      if calls["n"] == 17:  # Dies mid-epoch 2, after the step-15 checkpoint.
+        raise _Killed()
+      return step(*args)
+    self.train_step = crashing_step
+
+  monkeypatch.setattr(train.Trainer, "_compile", compile_with_crash)
+  with pytest.raises(_Killed):
+    train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  monkeypatch.setattr(train.Trainer, "_compile", original_init)
+  train.train_and_evaluate(config, str(tmp_path / "resumed"))
+
+  def final_params(workdir):
+    import orbax.checkpoint as ocp
+    from gems_jax.training.checkpointing import Checkpoints
+    ckpt = Checkpoints(str(workdir))
+    step = ckpt.latest.latest_step()
+    restored = ckpt.latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    ckpt.close()
+    return step, restored
+
+  whole_step, whole = final_params(tmp_path / "whole")
+  resumed_step, resumed = final_params(tmp_path / "resumed")
+  assert whole_step == resumed_step
+  chex.assert_trees_all_close(whole["state"]["params"], resumed["state"]["params"], atol=1e-6)
+  assert whole["meta"]["data"] == resumed["meta"]["data"]
+
+
+def test_unknown_selection_metric_names_it(planted_dir, tmp_path):
+  config = small_config(planted_dir, **{"train.num_epochs": 1})
+  config.train.selection_metric = "group_emotion/nonsense"
+  with pytest.raises(KeyError, match="nonsense"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_masked_mean_and_positions_match_numpy():
+  from gems_jax.models import gems
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 5, 3)).astype(np.float32)
+  mask = rng.random((2, 5)) > 0.5
+  mask[1] = False
+  expected = np.stack([x[0][mask[0]].mean(0) if mask[0].any() else np.zeros(3), np.zeros(3)])
+  np.testing.assert_allclose(gems.masked_mean(jnp.asarray(x), jnp.asarray(mask), 1), expected,
+                             rtol=1e-6, atol=1e-7)
+  pe = np.asarray(gems.sinusoidal_positions(7, 6))
+  t, i = 3, 2
+  np.testing.assert_allclose(pe[t, 2 * i], np.sin(t * 10000 ** (-2 * i / 6)), rtol=1e-5)
+  np.testing.assert_allclose(pe[t, 2 * i + 1], np.cos(t * 10000 ** (-2 * i / 6)), rtol=1e-5)
