@@ -34,6 +34,17 @@ flags.DEFINE_integer("process_id", None, "This process's id (with --distributed)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl parsing, with a one-line error for a config override that names an unknown key."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    name = str(e).strip("\"'")
+    bad = [a for a in argv[1:] if a.startswith("--config.") and name in a.split("=")[0]]
+    raise SystemExit(f"FATAL Flags parsing error: unknown config key {name!r} in "
+                     f"{bad[0] if bad else argv[1:]}; the config file lists every key") from None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -50,4 +61,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,171 @@
+"""A whole synthetic VGAF-GEMS set: sources, splits, balanced labels, and the files of the data contract.
+
+`generate(out_dir, num_clips, seed, ...)` writes
+  <out>/videos/<clip_id>.mp4   H.264 (PyAV), `fps` frames per second, `frames_per_clip` frames
+  <out>/annotations.csv        clip_id,split,group_emotion,group_category,valence,arousal,
+                               situational_emotion,situation
+  <out>/labels.json            class names and value ranges
+  <out>/individual.csv         clip_id,frame,x1,y1,x2,y2,emotion,valence,arousal (visible person-frames only)
+  <out>/descriptions.jsonl     {"clip_id": ..., "description": ...}
+Clips are cut from source videos, 2-3 clips per source, with VGAF-like ids `<source>_<clip>`. A source has
+one situation and one venue; the situation is balanced over sources (every situation once before any
+repeats) and the clip's dominant expression is balanced over clips the same way, independently of the
+situation. Splits are drawn per source (no source in two splits), about 70/15/15 % of sources, spread over
+the situations. Everything is a function of `seed`: clip i uses the seed (seed, i), so the files are the same
+for any number of worker processes.
+"""
+import csv
+import dataclasses
+import json
+import multiprocessing
+import os
+import pathlib
+
+import av
+import numpy as np
+
+from preprocessing.synthetic import faces, rules, scenes, world
+
+ANNOTATION_COLUMNS = ("clip_id", "split", "group_emotion", "group_category", "valence", "arousal",
+                      "situational_emotion", "situation")
+INDIVIDUAL_COLUMNS = ("clip_id", "frame", "x1", "y1", "x2", "y2", "emotion", "valence", "arousal")
+SPLITS = ("train", "val", "test")
+EVAL_FRACTION = 0.15          # of sources, for each of val and test
+CLIPS_PER_SOURCE = (2, 3)
+_GOLDEN = (np.sqrt(5) - 1) / 2
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoFormat:
+  width: int = 640
+  height: int = 360
+  frames_per_clip: int = 40
+  fps: int = 10
+  crf: int = 20
+
+
+def _balanced(n: int, classes: int, rng: np.random.Generator) -> np.ndarray:
+  """n labels in [0, classes): concatenated random permutations, so counts differ by at most one."""
+  reps = -(-n // classes)
+  return np.concatenate([rng.permutation(classes) for _ in range(reps)])[:n]
+
+
+def assign_splits(source_situations: np.ndarray, rng: np.random.Generator) -> list:
+  """Split name per source. With S >= 3 sources, val and test get max(1, round(EVAL_FRACTION * S)) sources
+  each; sources are ordered by situation, and the eval ones are picked by a golden-ratio sequence over that
+  order, so every split sees a spread of situations."""
+  s = len(source_situations)
+  if s < 3:
+    return ["train"] * s
+  order = np.lexsort((rng.permutation(s), source_situations))          # by situation, ties at random
+  key = np.empty(s)
+  key[order] = (np.arange(s) * _GOLDEN + rng.uniform()) % 1.0
+  n_eval = max(1, round(EVAL_FRACTION * s))
+  ranked = np.argsort(key, kind="stable")
+  splits = ["train"] * s
+  for rank, src in enumerate(ranked[:2 * n_eval]):
+    splits[src] = "test" if rank < n_eval else "val"
+  return splits
+
+
+def plan_dataset(num_clips: int, seed: int, video: VideoFormat):
+  """(ClipSpec, split) per clip, in clip order."""
+  if num_clips < 1:
+    raise ValueError(f"num_clips must be >= 1, got {num_clips}")
+  rng = np.random.default_rng([seed, 0])
+  sizes = []
+  while sum(sizes) < num_clips:
+    sizes.append(int(rng.choice(CLIPS_PER_SOURCE)))
+  sizes[-1] -= sum(sizes) - num_clips
+  situations = _balanced(len(sizes), len(scenes.SITUATIONS), rng)
+  splits = assign_splits(situations, rng)
+  dominant = _balanced(num_clips, len(faces.EMOTIONS), rng)
+  plan, index = [], 0
+  for src, size in enumerate(sizes):
+    venue = int(np.random.SeedSequence([seed, 1, src]).generate_state(1)[0])
+    for clip in range(size):
+      spec = world.ClipSpec(f"{src + 1}_{clip + 1}", int(situations[src]), int(dominant[index]), venue,
+                            (seed, 2, index), video.width, video.height, video.frames_per_clip)
+      plan.append((spec, splits[src]))
+      index += 1
+  return plan
+
+
+def write_mp4(path: pathlib.Path, frames: np.ndarray, fps: int, crf: int = 20) -> None:
+  """uint8 [T, H, W, 3] RGB frames -> H.264 mp4 (yuv420p, one encoder thread so output is reproducible)."""
+  with av.open(str(path), "w") as container:
+    stream = container.add_stream("libx264", rate=fps, options={"crf": str(crf), "preset": "veryfast"})
+    stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+    stream.codec_context.thread_count = 1
+    for frame in frames:
+      container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+    container.mux(stream.encode())
+
+
+def _clip_rows(result: world.ClipResult, split: str):
+  """(annotation row, individual rows, description record) of one clip."""
+  lab, spec = result.labels, result.spec
+  annotation = [spec.clip_id, split, lab.group_emotion, lab.group_category, f"{lab.valence:.4f}",
+                f"{lab.arousal:.4f}", ";".join(str(i) for i in lab.situational_emotion), lab.situation]
+  individual = []
+  for t in range(spec.num_frames):
+    for p in np.flatnonzero(result.visible[:, t]):
+      x1, y1, x2, y2 = result.boxes[p, t]
+      individual.append([spec.clip_id, t, f"{x1:.1f}", f"{y1:.1f}", f"{x2:.1f}", f"{y2:.1f}",
+                         int(result.expressions[p, t]), f"{lab.individual_valence[p, t]:.4f}",
+                         f"{lab.individual_arousal[p, t]:.4f}"])
+  return annotation, individual, {"clip_id": spec.clip_id, "description": result.description}
+
+
+def _make_and_write(job):
+  spec, split, video_dir, video = job
+  result = world.make_clip(spec)
+  write_mp4(pathlib.Path(video_dir) / f"{spec.clip_id}.mp4", result.frames, video.fps, video.crf)
+  return _clip_rows(result, split)
+
+
+def labels_metadata() -> dict:
+  """The labels.json content of the synthetic set."""
+  return {"emotion": list(faces.EMOTIONS), "group_category": list(rules.GROUP_CATEGORIES),
+          "situational_emotion": list(rules.SITUATIONAL_EMOTIONS), "situation": list(scenes.SITUATIONS),
+          "valence_range": list(rules.VALENCE_RANGE), "arousal_range": list(rules.AROUSAL_RANGE)}
+
+
+def generate(out_dir, num_clips: int, seed: int, video: VideoFormat = VideoFormat(),
+             workers: int | None = None) -> dict:
+  """Writes the synthetic set to `out_dir` (see the module docstring); returns a summary dict."""
+  out = pathlib.Path(out_dir)
+  video_dir = out / "videos"
+  video_dir.mkdir(parents=True, exist_ok=True)
+  plan = plan_dataset(num_clips, seed, video)
+  jobs = [(spec, split, str(video_dir), video) for spec, split in plan]
+  workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+  if workers == 1:
+    rows = [_make_and_write(job) for job in jobs]
+  else:
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+      rows = pool.map(_make_and_write, jobs, chunksize=1)
+  with open(out / "annotations.csv", "w", newline="") as f:
+    writer = csv.writer(f, lineterminator="\n")
+    writer.writerow(ANNOTATION_COLUMNS)
+    writer.writerows(r[0] for r in rows)
+  with open(out / "individual.csv", "w", newline="") as f:
+    writer = csv.writer(f, lineterminator="\n")
+    writer.writerow(INDIVIDUAL_COLUMNS)
+    for r in rows:
+      writer.writerows(r[1])
+  with open(out / "descriptions.jsonl", "w") as f:
+    for r in rows:
+      f.write(json.dumps(r[2]) + "\n")
+  with open(out / "labels.json", "w") as f:
+    json.dump(labels_metadata(), f, indent=1)
+    f.write("\n")
+  return {
+      "clips": len(rows),
+      "sources": len({spec.clip_id.rsplit("_", 1)[0] for spec, _ in plan}),
+      "splits": {s: sum(split == s for _, split in plan) for s in SPLITS},
+      "group_emotion": np.bincount([r[0][2] for r in rows], minlength=len(faces.EMOTIONS)).tolist(),
+      "group_category": np.bincount([r[0][3] for r in rows], minlength=len(rules.GROUP_CATEGORIES)).tolist(),
+      "situation": np.bincount([r[0][7] for r in rows], minlength=len(scenes.SITUATIONS)).tolist(),
+      "individual_rows": sum(len(r[1]) for r in rows),
+  }
