@@ -175,7 +175,7 @@ class Trainer:
         loss_sums[k] = loss_sums.get(k, 0.0) + float(v)
       n_batches += 1
       if collect_predictions:
-        predictions.append((outputs, labels, host))
+        predictions.append((outputs, labels, _all_processes(host)))
     result = acc.compute()
     result["loss"] = {k: v / max(n_batches, 1) for k, v in loss_sums.items()}
     return result, predictions
@@ -197,6 +197,21 @@ def headline_metrics(result: dict) -> dict[str, float]:
           for name, value in r["model"].items()}
   flat.update({f"loss/{name}": value for name, value in result.get("loss", {}).items()})
   return flat
+
+
+def _all_processes(host: dict) -> dict:
+  """Host-only string arrays of the global batch (process order, like the global jax.Arrays)."""
+  if jax.process_count() == 1:
+    return host
+  from jax.experimental import multihost_utils
+  out = {}
+  for key, values in host.items():
+    raw = [str(v).encode()[:256] for v in values]
+    padded = np.array([list(r.ljust(256, b"\0")) for r in raw], np.uint8).reshape(len(raw), 256)
+    gathered = np.asarray(multihost_utils.process_allgather(padded, tiled=True))
+    out[key] = np.array([bytes(row).rstrip(b"\0").decode(errors="replace") for row in gathered],
+                        dtype=object)
+  return out
 
 
 def selection_score(config, result: dict) -> float:
