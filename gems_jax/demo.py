@@ -25,7 +25,7 @@ from configs import gems as gems_config
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/demo", "Where the data, runs and report go.")
-flags.DEFINE_integer("num_clips", 160, "Synthetic clips (split by source video 60/20/20).")
+flags.DEFINE_integer("num_clips", 200, "Synthetic clips (split by source video, about 70/15/15).")
 flags.DEFINE_integer("seed", 0, "Seed of the synthetic world and of training.")
 flags.DEFINE_string("video", os.environ.get("GEMS_DEMO_VIDEO", os.path.join(
     os.environ.get("GEMS_TEST_MEDIA", os.path.join(os.path.dirname(__file__), "..", "..", "shared",
@@ -71,10 +71,11 @@ def face_stage(data: str, workdir: str) -> str:
   config = face_config.get_config("runlocal")
   config.input.data_dir = data
   config.model.face_encoder.overrides = ENCODER
-  config.input.batch_size = 8
-  config.input.faces_per_batch = 96
-  config.optim.learning_rate = 2e-3
-  config.train.num_epochs = 10
+  config.input.batch_size = 4  # ~32 labelled faces per clip: 4 clips fill a batch of 128 faces.
+  config.input.faces_per_batch = 128
+  config.optim.learning_rate = 3e-3
+  config.train.num_epochs = 20
+  config.train.eval_every_epochs = 2
   config.train.patience = 4
   config.seed = FLAGS.seed
   return _train(config, os.path.join(workdir, "faces"), "stage 1 (face encoder)")

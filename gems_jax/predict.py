@@ -30,25 +30,27 @@ from gems_jax.evaluation import profile as profile_lib
 from gems_jax.training import checkpointing, face_cache
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A GEMS training workdir (holds config.json and best/).")
-flags.DEFINE_string("video", None, "The clip (any container/codec PyAV reads).")
-flags.DEFINE_string("description", "", "Scene description (scene. Background: ... Event: ...).")
-flags.DEFINE_string("out", None, "Output folder for profile.json and contact_sheet.png.")
-flags.mark_flags_as_required(["workdir", "video", "out"])
 
-BUILD_CONFIG = "build_config.json"  # Written by preprocessing.build beside the dataset.
+BUILD_REPORT = "build_report.json"  # Written by preprocessing.build in its --data_dir.
+# Extraction settings of the build that predict repeats (the dataset spec gives T, K and S).
+EXTRACT_FLAGS = ("fps", "face_margin", "jpeg_quality", "detect_max_side", "min_face_size",
+                 "min_face_prob", "text_encoder", "text_pooling", "text_max_length")
 
 
 def load_run(workdir: str):
-  """(config, spec, build settings) of a training run."""
+  """(config, spec, extraction settings of the dataset's build) of a training run."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: is {workdir} a gems_jax training workdir?")
   config = ml_collections.ConfigDict(json.load(open(path)))
   spec = input_pipeline.load_spec(config.input.data_dir)
-  build_path = os.path.join(input_pipeline.resolve_dataset_dir(config.input.data_dir), BUILD_CONFIG)
-  build = json.load(open(build_path)) if os.path.exists(build_path) else {}
-  return config, spec, build
+  dataset_dir = input_pipeline.resolve_dataset_dir(config.input.data_dir)
+  report = dataset_dir.parents[1] / BUILD_REPORT  # <data_dir>/<name>/<version>
+  if not report.exists():
+    raise FileNotFoundError(f"{report} not found: predict repeats the extraction settings of the "
+                            f"build that made the training data")
+  settings = json.load(open(report))["settings"]
+  return config, spec, {k: settings[k] for k in EXTRACT_FLAGS if settings.get(k) is not None}
 
 
 def extract(video: str, description: str, spec, build: dict, out_npz: str) -> dict:
@@ -57,9 +59,8 @@ def extract(video: str, description: str, spec, build: dict, out_npz: str) -> di
   args = [sys.executable, "-m", "preprocessing.extract", "--video", video, "--out", out_npz,
           "--description", description, "--num_frames", str(spec.num_frames),
           "--max_faces", str(spec.max_faces), "--face_size", str(spec.face_size)]
-  for key, value in build.get("extract_flags", {}).items():
-    if key not in ("num_frames", "max_faces", "face_size") and value is not None:
-      args += [f"--{key}", str(value)]
+  for key, value in build.items():
+    args += [f"--{key}", str(value)]
   proc = subprocess.run(args, capture_output=True, text=True)
   if proc.returncode != 0:
     lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
@@ -136,5 +137,15 @@ def main(argv):
         f"frames -> {os.path.join(FLAGS.out, 'profile.json')}")
 
 
+def define_flags():
+  """Command-line flags (defined only when run as a program, so the demo can import `predict`)."""
+  flags.DEFINE_string("workdir", None, "A GEMS training workdir (holds config.json and best/).")
+  flags.DEFINE_string("video", None, "The clip (any container/codec PyAV reads).")
+  flags.DEFINE_string("description", "", "Scene description (scene. Background: ... Event: ...).")
+  flags.DEFINE_string("out", None, "Output folder for profile.json and contact_sheet.png.")
+  flags.mark_flags_as_required(["workdir", "video", "out"])
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -26,7 +26,7 @@ from gems_jax.training import face_cache
 from gems_jax.training import losses as losses_lib
 from gems_jax.training import sharding as shd
 from gems_jax.training import state as state_lib
-from gems_jax.training.metric_writer import MetricWriter
+from gems_jax.training.metric_writer import MetricWriter, quiet_library_logs
 
 INDIVIDUAL_TASKS = ("individual_emotion", "individual_va")
 
@@ -243,6 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from gems_jax.training.checkpointing import Checkpoints
 
   os.makedirs(workdir, exist_ok=True)
+  quiet_library_logs()
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=1))

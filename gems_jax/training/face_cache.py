@@ -120,9 +120,10 @@ def _face_model(config, spec) -> FaceEmotionClassifier:
 def _feature_dim(config, spec) -> int:
   model = _face_model(config, spec)
   crops = jax.ShapeDtypeStruct((1, spec.face_size, spec.face_size, 3), jnp.uint8)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), crops, method=model.features,
-                                             train=False))
-  out = jax.eval_shape(lambda v: model.apply(v, crops, method=model.features, train=False), shapes)
+  shapes = jax.eval_shape(lambda c: model.init(jax.random.key(0), c, method=model.features,
+                                              train=False), crops)
+  out = jax.eval_shape(lambda v, c: model.apply(v, c, method=model.features, train=False),
+                       shapes, crops)
   return int(out.shape[-1])
 
 

@@ -1,5 +1,6 @@
 """Training logs: TensorBoard event files and a JSON-lines file in the workdir (process 0 only)."""
 import json
+import logging
 import math
 import os
 import time
@@ -7,6 +8,21 @@ from collections.abc import Mapping
 
 import jax
 import numpy as np
+
+
+class _DropLibraryInfo(logging.Filter):
+  """Drops INFO records of orbax/grain/tfds (dozens per checkpoint); keeps their warnings."""
+  NOISY = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/etils/")
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno > logging.INFO or not any(n in record.pathname for n in self.NOISY)
+
+
+def quiet_library_logs() -> None:
+  """Keeps the training log readable: the libraries' per-step INFO lines are dropped."""
+  for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
+    if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
+      handler.addFilter(_DropLibraryInfo())
 
 
 def _to_float(value) -> float | None:

