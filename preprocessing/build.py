@@ -1,0 +1,251 @@
+"""Builds the GEMS TFDS dataset (ArrayRecord) from raw clips or from the authors' features.
+
+From raw clips (decode, MTCNN faces, crops, tracks, text embeddings, labels):
+    python -m preprocessing.build --videos DIR --annotations FILE [FILE ...] \
+        [--descriptions FILE_OR_DIR] [--individual FILE] [--labels labels.json] --data_dir OUT \
+        [--workers N] [--num_frames 16 --max_faces 8 --face_size 224 ...]
+        [--text_encoder PATH_OR_ID --text_pooling mean|cls --text_max_length 128]
+From the authors' precomputed features (<root>/<split>/face_features, text_latent{1,2,3}):
+    python -m preprocessing.build --from_features ROOT --data_dir OUT [--num_frames 96]
+
+Output: OUT/<name>/<version>/ (TFDS ArrayRecord + gems_meta.json, read by
+gems_jax.data.input_pipeline) and OUT/build_report.json (every clip ok or skipped with the reason;
+see preprocessing/report.py). Per-clip caches in OUT/_work make a rerun skip finished clips.
+
+Many machines: run with --num_shards N --shard_index i (same OUT on a shared file system, or copy
+the OUT/_work folders together); a sharded run only extracts its part of the clips (sorted clip
+ids i, i + N, ...) into the cache and writes OUT/build_report.shard-<i>-of-<N>.json. Then one
+unsharded run with the same flags finds every clip cached and writes the dataset.
+
+Exit status: 0 when a dataset (or a shard's cache) was written, 1 when no clip was usable, 2 on
+a usage error (bad flag, unreadable annotation file, split leak).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import pathlib
+import sys
+from typing import Any
+
+import numpy as np
+
+from gems_jax.data import spec as spec_lib
+from preprocessing import cache, extract, features_import, individual, labels, pipeline
+from preprocessing.report import BuildReport
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  source = parser.add_argument_group("inputs")
+  source.add_argument("--videos", help="folder of clips <clip_id>.<ext> (searched recursively)")
+  source.add_argument("--annotations", nargs="+", help="annotation CSV(s): ours or labels.csv")
+  source.add_argument("--descriptions", help="JSONL {clip_id, description} or folder of .txt")
+  source.add_argument("--individual", help="per-frame individual annotations CSV")
+  source.add_argument("--labels", help="labels.json (default: next to the annotations)")
+  source.add_argument("--split", choices=labels.SPLITS,
+                      help="split of an authors' labels.csv that is not in a <split>/ folder")
+  source.add_argument("--from_features", help="root of the authors' precomputed-feature layout")
+  out = parser.add_argument_group("output")
+  out.add_argument("--data_dir", required=True)
+  out.add_argument("--name", default="gems", help="TFDS dataset name")
+  out.add_argument("--version", default="1.0.0")
+  out.add_argument("--workers", type=int, default=1, help="processes extracting clips")
+  out.add_argument("--num_shards", type=int, default=1)
+  out.add_argument("--shard_index", type=int, default=0)
+  out.add_argument("--skip_faceless", action="store_true",
+                   help="skip clips without any detected face (default: keep them)")
+  out.add_argument("--require_descriptions", action="store_true",
+                   help="skip clips without a description (default: keep, text_mask False)")
+  extract.add_extract_flags(parser)
+  args = parser.parse_args(argv)
+  if args.from_features:
+    if args.videos or args.annotations:
+      parser.error("--from_features reads its own labels.csv; do not combine with --videos or "
+                   "--annotations")
+    if args.num_shards != 1:
+      parser.error("--from_features is a fast import; it does not take --num_shards")
+  elif not (args.videos and args.annotations):
+    parser.error("need --videos and --annotations (or --from_features ROOT)")
+  if not 0 <= args.shard_index < args.num_shards:
+    parser.error(f"need 0 <= --shard_index < --num_shards, got {args.shard_index}, "
+                 f"{args.num_shards}")
+  return args
+
+
+def _report_path(args: argparse.Namespace) -> pathlib.Path:
+  name = ("build_report.json" if args.num_shards == 1 else
+          f"build_report.shard-{args.shard_index:05d}-of-{args.num_shards:05d}.json")
+  return pathlib.Path(args.data_dir) / name
+
+
+def _label_fill(t: int, k: int) -> dict[str, np.ndarray]:
+  return {"individual_emotion": np.full((t, k), -1, np.int32),
+          "individual_valence": np.full((t, k), np.nan, np.float32),
+          "individual_arousal": np.full((t, k), np.nan, np.float32)}
+
+
+def _video_example(clip_id: str, label: labels.ClipLabels, space: labels.LabelSpace,
+                   work: pipeline.WorkDirs, people: list[individual.PersonLabel]
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """The contract example of one extracted clip and its report fields."""
+  faces, text = cache.load(work.face_file(clip_id)), cache.load(work.text_file(clip_id))
+  mask = faces["face_mask"]
+  info: dict[str, Any] = {"faces": int(mask.sum()), "steps": int(faces["step_mask"].sum()),
+                          "steps_with_faces": int(mask.any(axis=1).sum()), "warnings": []}
+  example = {"clip_id": clip_id, "source_video": labels.source_video(clip_id),
+             "description": text["description"], "text_embedding": text["text_embedding"],
+             "text_mask": text["text_mask"], **faces, **_label_fill(*mask.shape),
+             **label.example_fields(space)}
+  if people:
+    emotion, valence, arousal, note = individual.assign_individual_labels(
+        people, faces["frame_index"], faces["face_boxes"], mask)
+    example.update(individual_emotion=emotion, individual_valence=valence,
+                   individual_arousal=arousal)
+    labelled = (emotion >= 0) | ~np.isnan(valence) | ~np.isnan(arousal)
+    info["individual_labels"] = int(labelled.sum())
+    if note:
+      info["warnings"].append(note)
+  return example, info
+
+
+def build_from_videos(args: argparse.Namespace, report: BuildReport) -> int:
+  space = (labels.LabelSpace.from_file(args.labels) if args.labels
+           else labels.LabelSpace.beside(args.annotations[0]))
+  annotations = labels.read_annotations(args.annotations, space, args.split)
+  labels.check_split_leaks({c: l.split for c, l in annotations.labels.items()})
+  known = set(annotations.labels) | set(annotations.errors)
+  videos, warnings = pipeline.discover_videos(args.videos, known)
+  report.warnings.extend(warnings)
+  all_clips = sorted(known | set(videos))
+  mine = all_clips[args.shard_index::args.num_shards]
+  descriptions = {}
+  if args.descriptions:
+    from preprocessing import text as text_lib
+    descriptions = text_lib.read_descriptions(args.descriptions)
+    stray = sorted(set(descriptions) - set(all_clips))
+    if stray:
+      report.warnings.append(f"{len(stray)} description(s) for unknown clip ids: {stray[:10]}")
+  jobs = []
+  for clip_id in mine:
+    label = annotations.labels.get(clip_id)
+    split = label.split if label else None
+    if clip_id in annotations.errors:
+      report.skip(clip_id, annotations.errors[clip_id])
+    elif label is None:
+      report.skip(clip_id, f"unknown clip id: {videos[clip_id]} is not in the annotations")
+    elif clip_id not in videos:
+      report.skip(clip_id, f"no video file: none named {clip_id}.* under {args.videos}", split)
+    elif not descriptions.get(clip_id, "").strip() and args.require_descriptions:
+      report.skip(clip_id, "no description: none given and --require_descriptions is set", split)
+    else:
+      report.entry(clip_id, split)
+      if not descriptions.get(clip_id, "").strip():
+        report.warn(clip_id, "no description: text parts are zero, text_mask False")
+      jobs.append((clip_id, videos[clip_id]))
+  config = extract.config_from_flags(args)
+  work = pipeline.WorkDirs.create(args.data_dir, config, _text_settings(args))
+  text_dim = pipeline.run_text_stage([c for c, _ in jobs], descriptions, work,
+                                     _text_settings(args), args.device, report)
+  pipeline.run_face_stage(jobs, work, config, report, device=args.device, workers=args.workers,
+                          torch_threads=args.torch_threads, detect_batch=args.detect_batch)
+  if args.num_shards > 1:
+    return 0
+  people, problems = ({}, {})
+  if args.individual:
+    people, problems = individual.read_individual_annotations(args.individual, space)
+  for clip_id, messages in problems.items():
+    if clip_id in report.clips:
+      report.clips[clip_id]["warnings"].extend(messages)
+  spec = spec_lib.DatasetSpec(
+      name=args.name, version=args.version, num_frames=config.num_frames,
+      max_faces=config.max_faces, text_dim=text_dim, storage="crops",
+      face_size=config.face_size, **space.spec_fields())
+  path = pipeline.write_stage(
+      args.data_dir, spec, report,
+      lambda c: _video_example(c, annotations.labels[c], space, work, people.get(c, [])),
+      skip_faceless=args.skip_faceless)
+  return 0 if path else 1
+
+
+def _features_example(clip_id: str, label: labels.ClipLabels, space: labels.LabelSpace,
+                      layout: dict[str, features_import.SplitLayout], split: str, t: int,
+                      dims: tuple[int, int]) -> tuple[dict[str, Any], dict[str, Any]]:
+  record = features_import.load_clip_features(layout[split], clip_id, t, *dims)
+  found = record.pop("num_steps_found")
+  info: dict[str, Any] = {"steps": int(record["step_mask"].sum()), "faces": int(
+      record["face_mask"].sum()), "warnings": []}
+  if found > t:
+    info["warnings"].append(f"{found} step files, kept the first {t} (--num_frames)")
+  missing = [features_import.TEXT_FOLDERS[i] for i, ok in enumerate(record["text_mask"]) if not ok]
+  if missing:
+    info["warnings"].append(f"no {', '.join(missing)} file: zero part, text_mask False")
+  example = {"clip_id": clip_id, "source_video": labels.source_video(clip_id), "description": "",
+             **record, **_label_fill(t, 1), **label.example_fields(space)}
+  return example, info
+
+
+def build_from_features(args: argparse.Namespace, report: BuildReport) -> int:
+  layout = features_import.scan_layout(args.from_features)
+  labels_file = pathlib.Path(args.labels or pathlib.Path(args.from_features) / "labels.json")
+  space = labels.LabelSpace.from_file(labels_file) if labels_file.exists() else labels.LabelSpace()
+  annotations = labels.read_annotations(
+      [s.labels_csv for s in layout.values() if s.labels_csv], space)
+  labels.check_split_leaks({c: l.split for c, l in annotations.labels.items()})
+  t = args.num_frames or features_import.count_steps(layout)
+  dims = features_import.layout_dims(layout)
+  folder_split = {c: s for s, split in layout.items() for c in split.face_dirs}
+  for clip_id in sorted(set(folder_split) | set(annotations.labels) | set(annotations.errors)):
+    label = annotations.labels.get(clip_id)
+    if clip_id in annotations.errors:
+      report.skip(clip_id, annotations.errors[clip_id], folder_split.get(clip_id))
+    elif label is None:
+      report.skip(clip_id, "unknown clip id: not in any labels.csv", folder_split.get(clip_id))
+    elif clip_id not in folder_split:
+      report.skip(clip_id, f"no features: no face_features folder in {label.split}/", label.split)
+    elif folder_split[clip_id] != label.split:
+      report.skip(clip_id, f"split mismatch: labelled {label.split} but its features are under "
+                           f"{folder_split[clip_id]}/", label.split)
+    else:
+      report.entry(clip_id, label.split)["source"] = "import"
+  spec = spec_lib.DatasetSpec(
+      name=args.name, version=args.version, num_frames=t, max_faces=1, text_dim=dims[1],
+      storage="embeddings", embed_dim=dims[0], **space.spec_fields())
+  path = pipeline.write_stage(
+      args.data_dir, spec, report,
+      lambda c: _features_example(c, annotations.labels[c], space, layout,
+                                  annotations.labels[c].split, t, dims))
+  return 0 if path else 1
+
+
+def _text_settings(args: argparse.Namespace) -> pipeline.TextSettings:
+  return pipeline.TextSettings(args.text_encoder, args.text_pooling, args.text_max_length,
+                               args.text_batch_size)
+
+
+def main(argv: list[str] | None = None) -> int:
+  os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+  os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+  args = parse_args(argv)
+  settings = {k: v for k, v in vars(args).items()}
+  if not args.from_features:
+    settings["extract_config"] = dataclasses.asdict(extract.config_from_flags(args))
+  report = BuildReport(sys.argv[:1] + (argv if argv is not None else sys.argv[1:]), settings)
+  try:
+    if args.from_features:
+      status = build_from_features(args, report)
+    else:
+      status = build_from_videos(args, report)
+  except (ValueError, FileNotFoundError) as e:  # Bad inputs as a whole: a clear message.
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  path = report.save(_report_path(args))
+  print(report.summary())
+  print(f"report: {path}" + (f"\ndataset: {report.dataset}" if report.dataset else ""))
+  return status
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,250 @@
+"""The stages of a dataset build from raw clips: text, faces (multi-process), write.
+
+    work = WorkDirs.create(data_dir, extract_config, text_settings)
+    dim = run_text_stage(clips, descriptions, work, text_settings, device, report)
+    run_face_stage(jobs, work, extract_config, report, device=..., workers=...)
+    write_stage(data_dir, spec, report, load_example)      # -> TFDS ArrayRecord dataset
+
+Caches live in `<data_dir>/_work/faces-<hash>/<clip_id>.npz` and `_work/text-<hash>/<clip_id>.npz`,
+where the hash covers every setting that changes the cached data (ExtractConfig; encoder, pooling
+and max length), so a rerun with the same settings skips finished clips and a rerun with other
+settings never mixes old and new data. Labels are not cached: they are joined at write time, so a
+fixed annotation file needs no re-extraction. Each clip's outcome goes into the `BuildReport`;
+no per-clip problem stops the build.
+"""
+from __future__ import annotations
+
+import concurrent.futures as futures
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import pathlib
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+from tqdm import tqdm
+
+from gems_jax.data import spec as spec_lib
+from gems_jax.data import tfds_writer
+from preprocessing import cache, extract, video
+from preprocessing.report import BuildReport
+
+VIDEO_SUFFIXES = frozenset(
+    ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .flv .wmv .3gp .ogv .mxf .vob "
+    ".y4m .h264 .264 .h265 .265 .hevc".split())
+
+
+@dataclasses.dataclass(frozen=True)
+class TextSettings:
+  encoder: str = "roberta-base"
+  pooling: str = "mean"
+  max_length: int = 128
+  batch_size: int = 32  # Not part of the cache key: it does not change the embeddings.
+
+  def cache_key(self) -> dict[str, Any]:
+    return {"encoder": self.encoder, "pooling": self.pooling, "max_length": self.max_length}
+
+
+def _hash(settings: Mapping[str, Any]) -> str:
+  return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkDirs:
+  faces: pathlib.Path
+  text: pathlib.Path
+
+  @classmethod
+  def create(cls, data_dir: str | os.PathLike, config: extract.ExtractConfig,
+             text: TextSettings) -> WorkDirs:
+    root = pathlib.Path(data_dir) / "_work"
+    face_settings, text_settings = dataclasses.asdict(config), text.cache_key()
+    dirs = cls(root / f"faces-{_hash(face_settings)}", root / f"text-{_hash(text_settings)}")
+    for folder, settings in ((dirs.faces, face_settings), (dirs.text, text_settings)):
+      folder.mkdir(parents=True, exist_ok=True)
+      (folder / "settings.json").write_text(json.dumps(settings, indent=1, sort_keys=True))
+    return dirs
+
+  def face_file(self, clip_id: str) -> pathlib.Path:
+    return self.faces / f"{clip_id}.npz"
+
+  def text_file(self, clip_id: str) -> pathlib.Path:
+    return self.text / f"{clip_id}.npz"
+
+
+def discover_videos(folder: str | os.PathLike, clip_ids: Iterable[str]
+                    ) -> tuple[dict[str, pathlib.Path], list[str]]:
+  """clip_id -> video file under `folder` (recursive), and warnings about duplicates.
+
+  A file counts when its suffix is a video suffix or its stem is an annotated clip id (so a
+  damaged clip with an odd name is still reported rather than silently ignored).
+  """
+  folder = pathlib.Path(folder)
+  if not folder.is_dir():
+    raise FileNotFoundError(f"--videos: {folder} is not a folder")
+  wanted = set(clip_ids)
+  found: dict[str, pathlib.Path] = {}
+  warnings = []
+  for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    if path.suffix.lower() not in VIDEO_SUFFIXES and path.stem not in wanted:
+      continue
+    if path.stem in found:
+      warnings.append(f"clip {path.stem!r}: several files, using {found[path.stem]}, "
+                      f"ignoring {path}")
+      continue
+    found[path.stem] = path
+  return found, warnings
+
+
+def run_text_stage(clip_ids: list[str], descriptions: Mapping[str, str], work: WorkDirs,
+                   settings: TextSettings, device: str, report: BuildReport) -> int:
+  """Encodes the descriptions of clips whose text cache is missing or stale; returns D."""
+  from preprocessing import text as text_lib  # transformers: only imported by this stage.
+  dim = text_lib.encoder_dim(settings.encoder)
+  pending = []
+  for clip_id in clip_ids:
+    description = descriptions.get(clip_id, "")
+    path = work.text_file(clip_id)
+    if path.exists():
+      try:
+        if cache.load(path)["description"] == description:
+          continue
+      except ValueError:
+        pass  # Unreadable: recompute.
+    pending.append((clip_id, description))
+  with_text = [(c, d) for c, d in pending if d.strip()]
+  encoder = (text_lib.TextEncoder(settings.encoder, settings.pooling, settings.max_length,
+                                  settings.batch_size, device) if with_text else None)
+  chunk = max(1, settings.batch_size)
+  for start in tqdm(range(0, len(pending), chunk), desc="text", unit="batch",
+                    disable=not with_text):
+    batch = pending[start:start + chunk]
+    parts = [text_lib.split_description(d) for _, d in batch]
+    if encoder is not None and any(d.strip() for _, d in batch):
+      embedding, mask = encoder.encode_parts(parts)
+    else:
+      embedding = np.zeros((len(batch), len(text_lib.PART_NAMES), dim), np.float32)
+      mask = np.zeros((len(batch), len(text_lib.PART_NAMES)), bool)
+    for i, (clip_id, description) in enumerate(batch):
+      cache.save(work.text_file(clip_id), {"description": description,
+                                           "text_embedding": embedding[i], "text_mask": mask[i]})
+    report.text_encoded += sum(1 for _, d in batch if d.strip())
+  return dim
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(config: extract.ExtractConfig, device: str, torch_threads: int,
+                 decode_threads: int, detect_batch: int) -> None:
+  """Per process: torch threads and one ClipExtractor (MTCNN loaded once)."""
+  import torch
+  torch.set_num_threads(torch_threads)
+  _WORKER["extractor"] = extract.ClipExtractor(config, device, decode_threads=decode_threads,
+                                               detect_batch=detect_batch)
+
+
+def _extract_one(clip_id: str, path: str, out_path: str) -> tuple[str, dict | None, str | None]:
+  """(clip_id, stats, None) after caching the clip's faces, or (clip_id, None, reason)."""
+  start = time.perf_counter()
+  try:
+    record = _WORKER["extractor"].extract(path)
+  except video.VideoError as e:
+    return clip_id, None, f"bad video: {e}"
+  except Exception as e:  # Any other failure of one clip must not stop the build.
+    return clip_id, None, f"extraction failed: {type(e).__name__}: {e}"
+  stats = {"faces": record.pop("num_faces"), "steps_with_faces": record.pop("steps_with_faces"),
+           "steps": int(record["step_mask"].sum())}
+  cache.save(out_path, record)
+  stats["seconds"] = round(time.perf_counter() - start, 3)
+  return clip_id, stats, None
+
+
+def _record(report: BuildReport, clip_id: str, stats: dict | None, reason: str | None) -> None:
+  if reason is not None:
+    report.skip(clip_id, reason)
+  else:
+    report.entry(clip_id).update(stats, source="extracted")
+
+
+def run_face_stage(jobs: list[tuple[str, pathlib.Path]], work: WorkDirs,
+                   config: extract.ExtractConfig, report: BuildReport, *, device: str = "cpu",
+                   workers: int = 1, torch_threads: int = 1, detect_batch: int = 1) -> None:
+  """Extracts the faces of every job (clip_id, video path) whose cache file is missing.
+
+  workers <= 1 runs in this process; more run in a pool of spawned processes, each with
+  `torch_threads` torch threads and an equal share of the cores for FFmpeg's decoder threads.
+  """
+  todo = []
+  for clip_id, path in jobs:
+    if work.face_file(clip_id).exists():
+      report.entry(clip_id)["source"] = "cache"
+    else:
+      todo.append((clip_id, str(path), str(work.face_file(clip_id))))
+  progress = tqdm(total=len(todo), desc="faces", unit="clip", disable=not todo)
+  if workers <= 1:
+    if todo:
+      _init_worker(config, device, torch_threads, 0, detect_batch)
+    for job in todo:
+      _record(report, *_extract_one(*job))
+      progress.update()
+  else:
+    decode_threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")  # torch + fork is unsafe.
+    pending = list(reversed(todo))
+    while pending:
+      with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                       initargs=(config, device, torch_threads,
+                                                 decode_threads, detect_batch)) as pool:
+        running: dict[futures.Future, str] = {}
+        try:
+          while pending or running:
+            while pending and len(running) < 2 * workers:  # Bounded: memory and crash blast.
+              job = pending.pop()
+              running[pool.submit(_extract_one, *job)] = job[0]
+            done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+            for future in done:
+              running.pop(future)
+              _record(report, *future.result())
+              progress.update()
+        except futures.process.BrokenProcessPool:
+          for clip_id in running.values():  # One of them killed its worker; rerun to retry.
+            report.skip(clip_id, "worker died: a worker process died while extracting (crash "
+                                 "in a decoder or out of memory); rerun the build to retry")
+            progress.update()
+  progress.close()
+
+
+def write_stage(data_dir: str | os.PathLike, spec: spec_lib.DatasetSpec, report: BuildReport,
+                load_example: Callable[[str], tuple[dict[str, Any], dict[str, Any]]],
+                skip_faceless: bool = False) -> pathlib.Path | None:
+  """Validates every ok clip's example, then writes the dataset of the ok ones.
+
+  load_example(clip_id) -> (example, report fields). A clip whose example cannot be loaded or
+  fails `validate_example` (or has no face while `skip_faceless`) turns into skipped.
+  """
+  for clip_id in tqdm(report.ok_clips(), desc="check", unit="clip"):
+    try:
+      example, info = load_example(clip_id)
+      entry = report.entry(clip_id)
+      entry["warnings"].extend(info.pop("warnings", []))
+      entry.update(info)
+      if info.get("faces") == 0:
+        if skip_faceless:
+          report.skip(clip_id, "no faces: no face detected in any sampled step (--skip_faceless)")
+          continue
+        report.warn(clip_id, "no faces detected in any sampled step (kept: context and text)")
+      spec_lib.validate_example(example, spec)
+    except (ValueError, KeyError, OSError) as e:  # E.g. a cache file damaged after it was written.
+      report.skip(clip_id, f"invalid example: {type(e).__name__}: {e}")
+  splits = {split: report.ok_clips(split) for split in report.split_counts()}
+  if not splits:
+    report.warnings.append("no clip is ok: no dataset written")
+    return None
+  generators = {split: (load_example(c)[0] for c in clips) for split, clips in splits.items()}
+  path = tfds_writer.write_dataset(data_dir, spec, generators, overwrite=True)
+  report.dataset = str(path)
+  return path
