@@ -10,6 +10,7 @@ from jax.test_util import check_grads
 
 from gems_jax.models.autocorrelation import (AutoCorrelation, AutoformerEncoderLayer,
                                              SeriesDecomposition, num_delays)
+from random_params import random_params
 
 
 # ---------------------------------------------------------------- NumPy references (float64).
@@ -139,7 +140,7 @@ def test_encoder_layer_matches_reference(lengths):
   layer = AutoformerEncoderLayer(d_model=12, num_heads=3, d_ff=20, factor=1.5, moving_avg=5)
   x = jax.random.normal(jax.random.key(2), (2, 16, 12))
   mask = None if lengths is None else _length_mask(lengths, 16)
-  variables = jax.jit(layer.init)(jax.random.key(0), x, mask)
+  variables = {"params": random_params(layer, x, mask)}
   out = jax.jit(layer.apply)(variables, x, mask)
   want = ref_encoder_layer(variables["params"], x, 3, 1.5, 5, lengths)
   np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-5)
@@ -155,8 +156,7 @@ def test_encoder_layer_gradients_match_finite_differences():
                                    dtype=jnp.float64)
     x = jax.random.normal(jax.random.key(0), (2, 8, 6), jnp.float64)
     mask = _length_mask([8, 6], 8)
-    params = jax.tree.map(lambda a: a.astype(jnp.float64),
-                          jax.jit(layer.init)(jax.random.key(1), x, mask)["params"])
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), random_params(layer, x, mask))
     weights = jax.random.normal(jax.random.key(2), x.shape, jnp.float64)
     loss = jax.jit(lambda x, p: jnp.sum(layer.apply({"params": p}, x, mask, train=True) * weights))
     check_grads(loss, (x, params), order=1, modes=["rev"], eps=1e-6, atol=1e-6, rtol=1e-6)

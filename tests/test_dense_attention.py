@@ -7,6 +7,7 @@ import pytest
 from jax.test_util import check_grads
 
 from gems_jax.models.dense_attention import DenseSelfAttention
+from random_params import random_params
 
 
 def ref_dense(params, x, num_heads, mask=None, use_output_proj=True):
@@ -30,13 +31,15 @@ def ref_dense(params, x, num_heads, mask=None, use_output_proj=True):
   return out * real[..., None]
 
 
+
+
 @pytest.mark.parametrize("chunk,masked,qkv_bias", [(None, False, False), (None, True, True),
                                                     (4, True, False), (5, False, True)])
 def test_matches_reference(chunk, masked, qkv_bias):
   model = DenseSelfAttention(d_model=16, num_heads=4, qkv_bias=qkv_bias, query_chunk_size=chunk)
   x = jax.random.normal(jax.random.key(0), (3, 13, 16))
   mask = (jnp.arange(13)[None] < jnp.array([[13], [7], [1]])) if masked else None
-  variables = jax.jit(model.init)(jax.random.key(1), x, mask)
+  variables = {"params": random_params(model, x, mask)}
   y = jax.jit(model.apply)(variables, x, mask)
   chex.assert_shape(y, x.shape)
   np.testing.assert_allclose(np.asarray(y), ref_dense(variables["params"], x, 4, mask),
@@ -48,7 +51,7 @@ def test_padding_content_and_chunking_do_not_change_real_tokens():
   mask = jnp.arange(12)[None] < jnp.array([[12], [5]])
   whole = DenseSelfAttention(d_model=8, num_heads=2, use_output_proj=False)
   chunked = DenseSelfAttention(d_model=8, num_heads=2, use_output_proj=False, query_chunk_size=5)
-  variables = jax.jit(whole.init)(jax.random.key(1), x, mask)
+  variables = {"params": random_params(whole, x, mask)}
   garbage = jnp.where(mask[..., None], x, 1e3)
   outs = [jax.jit(m.apply)(variables, inp, mask) for m in (whole, chunked) for inp in (x, garbage)]
   for other in outs[1:]:
@@ -59,7 +62,7 @@ def test_padding_content_and_chunking_do_not_change_real_tokens():
 def test_attention_dropout_is_seeded_and_chunked_gradients_are_right():
   model = DenseSelfAttention(d_model=8, num_heads=2, dropout_rate=0.3, query_chunk_size=3)
   x = jax.random.normal(jax.random.key(0), (2, 7, 8))
-  variables = jax.jit(model.init)(jax.random.key(1), x)
+  variables = {"params": random_params(model, x)}
   run = jax.jit(lambda key: model.apply(variables, x, train=True, rngs={"dropout": key}))
   np.testing.assert_array_equal(run(jax.random.key(3)), run(jax.random.key(3)))
   assert not np.allclose(run(jax.random.key(3)), run(jax.random.key(4)))
@@ -73,8 +76,7 @@ def test_attention_dropout_is_seeded_and_chunked_gradients_are_right():
     for chunk in (2, None):
       model = DenseSelfAttention(d_model=4, num_heads=2, dropout_rate=0.0, query_chunk_size=chunk,
                                  dtype=jnp.float64)
-      params = jax.tree.map(lambda a: a.astype(jnp.float64),
-                            jax.jit(model.init)(jax.random.key(1), x, mask)["params"])
+      params = jax.tree.map(lambda a: a.astype(jnp.float64), random_params(model, x, mask))
       losses.append(jax.jit(
           lambda x, p, m=model: jnp.sum(m.apply({"params": p}, x, mask) * weights)))
     check_grads(losses[0], (x, params), order=1, modes=["rev"], eps=1e-3, atol=1e-3, rtol=1e-3)

@@ -8,7 +8,8 @@ import pytest
 from jax.test_util import check_grads
 
 import reference_s3attention as ref
-from gems_jax.models.s3attention import S3Attention
+from gems_jax.models.s3attention import (S3Attention, draw_feature_index, draw_token_order,
+                                          select_landmark_tokens)
 
 SMALL = dict(d_model=32, num_heads=4, num_segments=4, num_landmark_tokens=5,
              num_landmark_features=3)
@@ -125,15 +126,19 @@ def test_padding_does_not_change_real_token_outputs(norm, train):
   np.testing.assert_array_equal(np.asarray(outputs[0][1, 4:]), 0.0)
 
 
-def test_landmark_tokens_are_distinct_real_tokens():
-  model = S3Attention(**SMALL, max_len=20, landmark_seed=9)
-  x = _inputs(2, 20, SMALL["d_model"])
-  mask = jnp.zeros((2, 20), bool).at[0, 3:17:2].set(True).at[1, :].set(True)
-  order = np.asarray(jax.jit(model.init)(jax.random.key(0), x, mask)["constants"]["token_order"])
-  for i in range(2):
-    picked = ref.first_real_in_order(order, np.asarray(mask[i]), 5)
-    assert len(set(picked)) == 5 and all(mask[i, p] for p in picked)
-  assert ref.first_real_in_order(order, np.ones(20, bool), 5) == list(order[:5])
+def test_landmark_tokens_are_the_first_real_tokens_in_the_stored_order():
+  order = draw_token_order(9, 20)
+  mask = np.zeros((3, 20), bool)
+  mask[0, 3:17:2] = True  # 7 scattered real tokens
+  mask[1] = True
+  mask[2, [4, 11]] = True  # fewer real tokens than landmarks
+  index, valid = jax.jit(select_landmark_tokens, static_argnums=2)(order, mask, 5)
+  for i in range(3):
+    picked = ref.first_real_in_order(order, mask[i], 5)
+    np.testing.assert_array_equal(np.asarray(index[i])[:len(picked)], picked)
+    np.testing.assert_array_equal(np.asarray(valid[i]), np.arange(5) < len(picked))
+  np.testing.assert_array_equal(np.asarray(index[1]), order[:5])  # no padding: authors' rule
+  assert len(set(np.asarray(index[0]).tolist())) == 5
 
 
 def test_gradients_match_finite_differences():
@@ -177,11 +182,12 @@ def test_landmarks_come_from_the_seed_and_dropout_from_the_rng():
   x = _inputs(2, 12, SMALL["d_model"])
   init = jax.jit(model.init)
   variables = init(jax.random.key(0), x)
-  a, b = variables["constants"], init(jax.random.key(1), x)["constants"]
-  other = S3Attention(**SMALL, max_len=12, landmark_seed=5)
-  c = jax.jit(other.init)(jax.random.key(0), x)["constants"]
-  chex.assert_trees_all_equal(a, b)
-  assert not np.array_equal(a["token_order"], c["token_order"])
+  chex.assert_trees_all_equal(variables["constants"], init(jax.random.key(1), x)["constants"])
+  np.testing.assert_array_equal(variables["constants"]["token_order"], draw_token_order(4, 12))
+  np.testing.assert_array_equal(variables["constants"]["feature_index"],
+                                draw_feature_index(4, 8, 3))
+  assert not np.array_equal(draw_token_order(4, 12), draw_token_order(5, 12))
+  assert len(set(draw_feature_index(4, 8, 3).tolist())) == 3
   run = jax.jit(lambda key: model.apply(variables, x, train=True, rngs={"dropout": key},
                                         mutable=["batch_stats"])[0])
   np.testing.assert_array_equal(run(jax.random.key(7)), run(jax.random.key(7)))
@@ -221,7 +227,7 @@ def test_gems_size_parameter_count_and_pytorch_init_bounds():
 def test_variable_length_and_bad_configuration_errors():
   model = S3Attention(**SMALL, norm="layer")  # max_len=None: the init length is L
   x = _inputs(2, 12, SMALL["d_model"])
-  variables = jax.jit(model.init)(jax.random.key(0), x)
+  variables = _random_variables(model, x)
   apply = jax.jit(model.apply)
   short = apply(variables, x[:, :8])
   padded = apply(variables, x, _length_mask([8, 8], 12))

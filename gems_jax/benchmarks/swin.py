@@ -13,6 +13,9 @@ float32 parameters). Achieved FLOP/s use FLOPs counted once by `torch.utils.flop
 model (2 per multiply-add, 30.9 GFLOP per 224 px image for Swin-B) and are set against this machine's
 matmul peak, measured in the same run with `jnp.dot` and `torch.matmul` on square fp32 matrices.
 
+The last column is the Linux CPU pressure (PSI "some avg10") at the start/end of the timed runs: the share
+of time some task waited for a CPU; near 0 means nothing else competed with the benchmark.
+
 `--keep-heap` raises glibc's mmap threshold for the whole process (both frameworks): by default every
 buffer over 32 MiB (XLA's per-call temporaries, torch's activations) is a fresh mmap that is
 page-faulted on every call, which costs both frameworks noticeable time at batch >= 8.
@@ -40,6 +43,15 @@ def keep_heap() -> None:
                         (m_top_pad, 1 << 28)):
     if libc.mallopt(option, value) != 1:
       raise RuntimeError(f"mallopt({option}, {value}) failed")
+
+
+def cpu_pressure() -> float | None:
+  """Share of the last 10 s in which some runnable task waited for a CPU (Linux PSI), in %."""
+  try:
+    with open("/proc/pressure/cpu") as f:
+      return float(f.readline().split()[1].split("=")[1])
+  except (OSError, IndexError, ValueError):
+    return None
 
 
 def _median_time(run, runs: int) -> float:
@@ -97,6 +109,7 @@ def bench_case(timm_model, flax_module, variables, batch: int, dtype: str, runs:
   for _ in range(warmup):
     run_timm()
     run_flax()
+  pressure_start = cpu_pressure()
   timm_times, flax_times = [], []
   for _ in range(runs):
     timm_times.append(_median_time(run_timm, 1))
@@ -105,6 +118,7 @@ def bench_case(timm_model, flax_module, variables, batch: int, dtype: str, runs:
   return {"batch": batch, "dtype": dtype, "timm_s": timm_s, "flax_s": flax_s,
           "timm_img_s": batch / timm_s, "flax_img_s": batch / flax_s, "ratio": timm_s / flax_s,
           "flax_compile_s": compile_s, "xla_flops_per_image": flops_xla / batch,
+          "cpu_pressure_avg10": (pressure_start, cpu_pressure()),
           "timm_times": timm_times, "flax_times": flax_times}
 
 
@@ -144,7 +158,8 @@ def main(argv=None) -> None:
 
   rows = []
   header = (f"{'batch':>5} {'dtype':>8} | {'timm img/s':>10} {'flax img/s':>10} {'flax/timm':>9} | "
-            f"{'flax GF/s':>9} {'%jax pk':>7} {'%torch pk':>9} {'timm GF/s':>9} | {'compile s':>9}")
+            f"{'flax GF/s':>9} {'%jax pk':>7} {'%torch pk':>9} {'timm GF/s':>9} | {'compile s':>9} "
+            f"{'cpu PSI %':>11}")
   print(header + "\n" + "-" * len(header))
   for dtype in args.dtypes.split(","):
     for batch in (int(b) for b in args.batches.split(",")):
@@ -155,7 +170,9 @@ def main(argv=None) -> None:
       print(f"{batch:>5} {dtype:>8} | {row['timm_img_s']:>10.2f} {row['flax_img_s']:>10.2f} "
             f"{row['ratio']:>9.2f} | {row['flax_gflops']:>9.0f} "
             f"{100 * row['flax_gflops'] / jax_peak:>6.0f}% {100 * row['flax_gflops'] / torch_peak:>8.0f}% "
-            f"{row['timm_gflops']:>9.0f} | {row['flax_compile_s']:>9.1f}", flush=True)
+            f"{row['timm_gflops']:>9.0f} | {row['flax_compile_s']:>9.1f} "
+            f"{'/'.join(f'{p:.0f}' for p in row['cpu_pressure_avg10'] if p is not None):>11}",
+            flush=True)
   load_end = os.getloadavg()
   print(f"load average (1/5/15 min) at start {load_start}, at end {load_end}; "
         f"keep_heap={args.keep_heap}")

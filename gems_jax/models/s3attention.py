@@ -15,7 +15,8 @@ inside the block and marked as padding, so it behaves exactly like a padded batc
    ELU and dropout. 'batch_positions' is the authors' BatchNorm1d(L) applied to [B, L, C]: one
    statistic per *position* over (batch, channels), which ties the block to length L. 'layer' is a
    per-token LayerNorm over C, independent of the length and of the other tokens.
-3. Skeleton attention on [Q|K|V] = X~ W_qkv, per head:
+3. Skeleton attention on [Q|K|V] = X~ W_qkv (projected only where it is read; see
+   `SkeletonProjection`), per head:
    rows:    O1 = softmax(Q K[I]^T / sqrt(d_h)) V[I]           (I: s1 landmark tokens)
    columns: O2 = V[:, J] softmax(K[:, J]^T Q / sqrt(n))^T      (J: s2 landmark features of a head)
    Y = LN1(O1) + LN2(O2), halved for combine='mean' (the authors' code; the paper writes a sum),
@@ -142,6 +143,42 @@ class PositionBatchNorm(nn.Module):
       mean, var = ra_mean.value, ra_var.value
     inv = jax.lax.rsqrt(var + self.epsilon) * scale
     return (z - mean[:, None]) * inv[:, None] + bias[:, None]
+
+
+class SkeletonProjection(nn.Module):
+  """W_qkv [C, 3C] (+ bias), applied only where skeleton attention reads its output.
+
+  The two attentions read all of Q = X W_q, but K and V only at the s1 landmark tokens (rows) and
+  at the s2 landmark features of each head (columns). Projecting just those gives the same numbers
+  as X W_qkv followed by the selections, with (C + 2 H s2) / 3C of the N-proportional matmul work
+  (5/12 at the GEMS sizes C=512, H=s2=8) and without gathers on [B, L, C]-sized arrays. The
+  parameters are those of `nn.Dense(3C)` named 'qkv' (kernel [C, 3C] = [W_q | W_k | W_v]), so
+  checkpoints and PyTorch weight mappings are unchanged.
+  """
+  d_model: int
+  num_heads: int
+  use_bias: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, token_index: jax.Array, feature_index: jax.Array):
+    """x [B, L, C], token_index [B, s1], feature_index [s2] ->
+    q [B, L, H, d_h], (k1, v1) [B, s1, H, d_h], (k2, v2) [B, L, H, s2]."""
+    b, length, c = x.shape
+    h, s2 = self.num_heads, feature_index.shape[0]
+    kernel = self.param("kernel", pytorch_init.torch_kernel_init(), (c, 3 * c), jnp.float32)
+    bias = (self.param("bias", pytorch_init.torch_bias_init(c), (3 * c,), jnp.float32)
+            if self.use_bias else jnp.zeros((3 * c,), jnp.float32))
+    kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
+    x = x.astype(self.dtype)
+    q = (x @ kernel[:, :c] + bias[:c]).reshape(b, length, h, c // h)
+    rows = jnp.take_along_axis(x, token_index[:, :, None], axis=1)  # [B, s1, C]
+    kv1 = (rows @ kernel[:, c:] + bias[c:]).reshape(b, -1, 2, h, c // h)
+    # Landmark-feature columns of W_k and W_v, per head: [C, 2, H, s2].
+    columns = jnp.take(kernel[:, c:].reshape(c, 2, h, c // h), feature_index, axis=3)
+    column_bias = jnp.take(bias[c:].reshape(2, h, c // h), feature_index, axis=2)
+    kv2 = (x @ columns.reshape(c, 2 * h * s2)).reshape(b, length, 2, h, s2) + column_bias
+    return q, (kv1[:, :, 0], kv1[:, :, 1]), (kv2[:, :, 0], kv2[:, :, 1])
 
 
 class S3Attention(nn.Module):
@@ -280,16 +317,13 @@ class S3Attention(nn.Module):
     x = x.astype(self.dtype) * real[..., None].astype(self.dtype)
 
     stem = self._stem(self._smooth(x, real), x, real, train)
-    qkv = pytorch_init.torch_dense(3 * c, c, use_bias=self.qkv_bias, dtype=self.dtype,
-                                   name="qkv")(stem)
-    qkv = qkv.reshape(b, length, 3, h, head_dim)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, L, H, d_h]
-    q = q * real[:, :, None, None].astype(q.dtype)
     token_index, token_valid, feature_index = self._landmarks(real, mask is not None or n < length)
+    q, (k1, v1), (k2, v2) = SkeletonProjection(
+        d_model=c, num_heads=h, use_bias=self.qkv_bias, dtype=self.dtype,
+        name="qkv")(stem, token_index, feature_index)
+    q = q * real[:, :, None, None].astype(q.dtype)
 
     # Row attention over the s1 landmark tokens.
-    k1 = jnp.take_along_axis(k, token_index[:, :, None, None], axis=1)  # [B, s1, H, d_h]
-    v1 = jnp.take_along_axis(v, token_index[:, :, None, None], axis=1)
     logits1 = jnp.einsum("bnhd,bshd->bnhs", q, k1, preferred_element_type=self._accum_dtype)
     logits1 = logits1 / np.sqrt(head_dim)
     logits1 = jnp.where(token_valid[:, None, None, :], logits1, jnp.finfo(logits1.dtype).min)
@@ -297,8 +331,6 @@ class S3Attention(nn.Module):
     out1 = jnp.einsum("bnhs,bshd->bnhd", probs1.astype(self.dtype), v1)
 
     # Column attention over the s2 landmark features of each head.
-    k2 = jnp.take(k, feature_index, axis=3)  # [B, L, H, s2]
-    v2 = jnp.take(v, feature_index, axis=3)
     num_real = jnp.maximum(jnp.sum(real, axis=1), 1).astype(self._accum_dtype)
     logits2 = jnp.einsum("bnhd,bnhs->bhds", q, k2, preferred_element_type=self._accum_dtype)
     logits2 = logits2 / jnp.sqrt(num_real)[:, None, None, None]
