@@ -74,7 +74,7 @@ def face_stage(data: str, workdir: str) -> str:
   config.input.batch_size = 4  # ~32 labelled faces per clip: 4 clips fill a batch of 128 faces.
   config.input.faces_per_batch = 128
   config.optim.learning_rate = 3e-3
-  config.train.num_epochs = 16
+  config.train.num_epochs = 20
   config.train.eval_every_epochs = 2
   config.train.patience = 4
   config.seed = FLAGS.seed

@@ -91,14 +91,35 @@ def plan_dataset(num_clips: int, seed: int, video: VideoFormat):
   return plan
 
 
+def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
+  """uint8 [H, W, 3] RGB -> uint8 [3H/2, W] planar YUV 4:2:0 (BT.601, limited range; PyAV's layout).
+
+  Done in NumPy rather than by libswscale inside PyAV: swscale's SIMD conversion read memory that
+  varied between runs, so identical frames gave different mp4 bytes (seen on an AMD EPYC host).
+  """
+  h, w, _ = frame.shape
+  rgb = frame.astype(np.float32)
+  y = 16 + rgb @ np.array([65.481, 128.553, 24.966], np.float32) / 255
+  quads = rgb.reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3))
+  u = 128 + quads @ np.array([-37.797, -74.203, 112.0], np.float32) / 255
+  v = 128 + quads @ np.array([112.0, -93.786, -18.214], np.float32) / 255
+  planes = [np.clip(np.rint(p), 0, 255).astype(np.uint8).reshape(-1, w) for p in (y, u, v)]
+  return np.concatenate(planes)
+
+
 def write_mp4(path: pathlib.Path, frames: np.ndarray, fps: int, crf: int = 20) -> None:
-  """uint8 [T, H, W, 3] RGB frames -> H.264 mp4 (yuv420p, one encoder thread so output is reproducible)."""
+  """uint8 [T, H, W, 3] RGB frames -> H.264 mp4 (yuv420p, one encoder thread so output is reproducible).
+
+  H must be a multiple of 4 and W even (the 4:2:0 planes in PyAV's [3H/2, W] layout)."""
+  _, height, width, _ = frames.shape
+  if height % 4 or width % 2:
+    raise ValueError(f"{path}: frame size {width}x{height}; width must be even and height a multiple of 4")
   with av.open(str(path), "w") as container:
     stream = container.add_stream("libx264", rate=fps, options={"crf": str(crf), "preset": "veryfast"})
-    stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
     stream.codec_context.thread_count = 1
     for frame in frames:
-      container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+      container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format="yuv420p")))
     container.mux(stream.encode())
 
 
