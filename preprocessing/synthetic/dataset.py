@@ -161,11 +161,11 @@ def generate(out_dir, num_clips: int, seed: int, video: VideoFormat = VideoForma
   plan = plan_dataset(num_clips, seed, video)
   jobs = [(spec, split, str(video_dir), video) for spec, split in plan]
   workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-  if workers == 1:
-    rows = [_make_and_write(job) for job in jobs]
-  else:
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-      rows = pool.map(_make_and_write, jobs, chunksize=1)
+  # Always in fresh 'spawn' processes, even for one worker: libx264's output depends on what else the
+  # calling process has loaded (after `import torch`, one clip of 3 encoded to other bytes), so a
+  # clean interpreter is what makes the mp4s the same for a seed whoever calls this.
+  with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    rows = pool.map(_make_and_write, jobs, chunksize=1)
   with open(out / "annotations.csv", "w", newline="") as f:
     writer = csv.writer(f, lineterminator="\n")
     writer.writerow(ANNOTATION_COLUMNS)
