@@ -107,6 +107,18 @@ def conv3_same(parts: list[jax.Array], kernel: jax.Array, bias: jax.Array) -> ja
   return taps[:, :, 1] + before + after + bias
 
 
+def block_diagonal(blocks: jax.Array) -> jax.Array:
+  """[B, H, P, Q] -> [B, H*P, H*Q], the H blocks on the diagonal and zeros elsewhere.
+
+  Multiplying a heads-merged [B, N, H*P] array by this applies each head's [P, Q] block to its own
+  P features: a per-head product as one matmul in the [B, N, C] layout, with no transposes of the
+  N-sized arrays. The zero blocks add exact zeros, so the result equals the per-head einsum.
+  """
+  b, h, p, q = blocks.shape
+  eye = jnp.eye(h, dtype=blocks.dtype)
+  return jnp.einsum("bhpq,hg->bhpgq", blocks, eye).reshape(b, h * p, h * q)
+
+
 class PositionBatchNorm(nn.Module):
   """PyTorch `BatchNorm1d(L)` on [B, L, C]: per-position statistics over (batch, channels), masked.
 
@@ -163,7 +175,7 @@ class SkeletonProjection(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, token_index: jax.Array, feature_index: jax.Array):
     """x [B, L, C], token_index [B, s1], feature_index [s2] ->
-    q [B, L, H, d_h], (k1, v1) [B, s1, H, d_h], (k2, v2) [B, L, H, s2]."""
+    q [B, L, C] (heads merged), (k1, v1) [B, s1, H, d_h], (k2, v2) [B, L, H, s2]."""
     b, length, c = x.shape
     h, s2 = self.num_heads, feature_index.shape[0]
     kernel = self.param("kernel", pytorch_init.torch_kernel_init(), (c, 3 * c), jnp.float32)
@@ -171,7 +183,7 @@ class SkeletonProjection(nn.Module):
             if self.use_bias else jnp.zeros((3 * c,), jnp.float32))
     kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
     x = x.astype(self.dtype)
-    q = (x @ kernel[:, :c] + bias[:c]).reshape(b, length, h, c // h)
+    q = x @ kernel[:, :c] + bias[:c]
     rows = jnp.take_along_axis(x, token_index[:, :, None], axis=1)  # [B, s1, C]
     kv1 = (rows @ kernel[:, c:] + bias[c:]).reshape(b, -1, 2, h, c // h)
     # Landmark-feature columns of W_k and W_v, per head: [C, 2, H, s2].
@@ -321,24 +333,33 @@ class S3Attention(nn.Module):
     q, (k1, v1), (k2, v2) = SkeletonProjection(
         d_model=c, num_heads=h, use_bias=self.qkv_bias, dtype=self.dtype,
         name="qkv")(stem, token_index, feature_index)
-    q = q * real[:, :, None, None].astype(q.dtype)
+    q = q * real[:, :, None].astype(q.dtype)
 
-    # Row attention over the s1 landmark tokens.
-    logits1 = jnp.einsum("bnhd,bshd->bnhs", q, k1, preferred_element_type=self._accum_dtype)
+    # Row attention over the s1 landmark tokens: logits [B, L, H, s1]. The per-head products run
+    # as matmuls with block-diagonal right-hand sides, so q and the outputs stay [B, L, C].
+    logits1 = jnp.matmul(q, block_diagonal(jnp.einsum("bshd->bhds", k1)),
+                         preferred_element_type=self._accum_dtype).reshape(b, length, h, -1)
     logits1 = logits1 / np.sqrt(head_dim)
     logits1 = jnp.where(token_valid[:, None, None, :], logits1, jnp.finfo(logits1.dtype).min)
     probs1 = nn.Dropout(self.dropout_rate, deterministic=not train)(jax.nn.softmax(logits1, -1))
-    out1 = jnp.einsum("bnhs,bshd->bnhd", probs1.astype(self.dtype), v1)
+    out1 = probs1.reshape(b, length, -1).astype(self.dtype) @ block_diagonal(
+        jnp.einsum("bshd->bhsd", v1))
 
-    # Column attention over the s2 landmark features of each head.
+    # Column attention over the s2 landmark features of each head: logits [B, H, d_h, s2], the
+    # diagonal (same-head) blocks of the one [C, H*s2] product over tokens. The cross-head blocks
+    # are wasted work (H*C*H*s2 per token, small next to the C*C projections) that saves
+    # transposing q to head-major.
     num_real = jnp.maximum(jnp.sum(real, axis=1), 1).astype(self._accum_dtype)
-    logits2 = jnp.einsum("bnhd,bnhs->bhds", q, k2, preferred_element_type=self._accum_dtype)
+    all_pairs = jnp.einsum("bnc,bng->bcg", q, k2.reshape(b, length, -1),
+                           preferred_element_type=self._accum_dtype)
+    logits2 = jnp.einsum("bhdhs->bhds", all_pairs.reshape(b, h, head_dim, h, -1))
     logits2 = logits2 / jnp.sqrt(num_real)[:, None, None, None]
     probs2 = nn.Dropout(self.dropout_rate, deterministic=not train)(jax.nn.softmax(logits2, -1))
-    out2 = jnp.einsum("bnhs,bhds->bnhd", v2, probs2.astype(self.dtype))
+    out2 = v2.reshape(b, length, -1) @ block_diagonal(
+        jnp.einsum("bhds->bhsd", probs2.astype(self.dtype)))
 
-    y1 = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_row")(out1.reshape(b, length, c))
-    y2 = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_col")(out2.reshape(b, length, c))
+    y1 = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_row")(out1)
+    y2 = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_col")(out2)
     y = y1 + y2
     if self.combine == "mean":
       y = 0.5 * y
