@@ -12,7 +12,10 @@ Reported: median time, tokens/s, peak RSS and XLA temp memory per (method, N, mo
 exponent per method and mode (least-squares slope of log t on log N over 1K <= N <= 16K); the 8K
 speed-up of S3 over each peer; the goals (S3 exponent <= 1.15, S3 >= 10x faster than dense_xla at
 8K). `--paper` adds the S3Attention paper's Table 4 shape (LRA text: batch 32, d_model 64, 2 heads,
-N = 1K..4K), reported as steps/s of the block's forward+backward.
+N = 1K..4K), reported as steps/s of the block's forward+backward. `--rounds R` repeats the whole
+sweep R times and reports, per configuration, the median over rounds of each round's median: on a
+shared or virtual machine whose speed drifts over minutes, the rounds spread every method over the
+same slow and fast periods.
 """
 import argparse
 import json
@@ -50,6 +53,35 @@ def run_worker(method: str, n: int, mode: str, args, batch: int, d_model: int, h
     tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
     return {**base, "status": "failed", "reason": f"exit {done.returncode}: {' | '.join(tail)}"}
   return {**base, **json.loads(lines[-1]), "process_wall_s": wall}
+
+
+def merge_rounds(records: list[dict]) -> list[dict]:
+  """One record per configuration from the records of several rounds (in first-seen order).
+
+  Time: `median_s` is the median over rounds of the per-round medians (kept in `round_medians_s`),
+  `min_s` the fastest run of any round; `times_s` holds every run. Memory: the largest peak over
+  rounds. A configuration that failed in every round keeps its first failure record; failed rounds
+  of a configuration that also succeeded are counted in `failed_rounds`.
+  """
+  groups: dict[tuple, list[dict]] = {}
+  for r in records:
+    key = (r["method"], r["n"], r["mode"], r["batch"], r["d_model"], r["heads"])
+    groups.setdefault(key, []).append(r)
+  merged = []
+  for group in groups.values():
+    ok = [r for r in group if r.get("status") == "ok"]
+    if not ok:
+      merged.append(group[0])
+      continue
+    medians = [r["median_s"] for r in ok]
+    median = float(np.median(medians))
+    merged.append({**ok[0], "round_medians_s": medians, "median_s": median,
+                   "min_s": min(r["min_s"] for r in ok),
+                   "times_s": [t for r in ok for t in r["times_s"]],
+                   "tokens_per_s": ok[0]["batch"] * ok[0]["n"] / median,
+                   "peak_rss_mib": max(r["peak_rss_mib"] for r in ok),
+                   "failed_rounds": len(group) - len(ok)})
+  return merged
 
 
 def scaling_exponent(records: list[dict], method: str, mode: str,
@@ -157,6 +189,8 @@ def main(argv=None) -> None:
                       help="also run the paper's LRA-text shape (batch 32, C 64, 2 heads, 1K-4K)")
   parser.add_argument("--quick", action="store_true",
                       help="lengths 256,1024,4096, 3 repeats, paper shape at 1K and 2K only")
+  parser.add_argument("--rounds", type=int, default=1,
+                      help="repeat the sweep; report the median over rounds of each round's median")
   parser.add_argument("--json", dest="json_path", default=None)
   parser.add_argument("--png", default=None)
   args = parser.parse_args(argv)
@@ -164,25 +198,28 @@ def main(argv=None) -> None:
   repeats = 3 if args.quick else args.repeats
   methods = [m for m in args.methods.split(",") if m]
   modes = [m for m in args.modes.split(",") if m]
+  if args.rounds < 1:
+    raise SystemExit(f"--rounds must be >= 1, got {args.rounds}")
   for value, allowed in ((methods, METHODS), (modes, MODES)):
     unknown = set(value) - set(allowed)
     if unknown:
       raise SystemExit(f"unknown value(s) {sorted(unknown)}; expected from {allowed}")
 
-  records = []
-  for n in lengths:
-    for method in methods:
-      for mode in modes:
-        records.append(run_worker(method, n, mode, args, args.batch, args.d_model, args.heads,
-                                  repeats))
-        print(format_table(records[-1:]).splitlines()[-1], flush=True)
-  paper = []
-  if args.paper:
-    for n in PAPER_LENGTHS[:2] if args.quick else PAPER_LENGTHS:
+  records, paper = [], []
+  for _ in range(args.rounds):
+    for n in lengths:
       for method in methods:
         for mode in modes:
-          paper.append(run_worker(method, n, mode, args, 32, 64, 2, repeats))
-          print(format_table(paper[-1:]).splitlines()[-1], flush=True)
+          records.append(run_worker(method, n, mode, args, args.batch, args.d_model, args.heads,
+                                    repeats))
+          print(format_table(records[-1:]).splitlines()[-1], flush=True)
+    if args.paper:
+      for n in PAPER_LENGTHS[:2] if args.quick else PAPER_LENGTHS:
+        for method in methods:
+          for mode in modes:
+            paper.append(run_worker(method, n, mode, args, 32, 64, 2, repeats))
+            print(format_table(paper[-1:]).splitlines()[-1], flush=True)
+  records, paper = merge_rounds(records), merge_rounds(paper)
 
   summary = summarise(records, methods, modes)
   print("\n" + format_table(records + paper))
