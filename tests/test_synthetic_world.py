@@ -225,3 +225,15 @@ def test_mtcnn_finds_the_visible_faces(synthetic_dir):
   rate = found / total
   print(f"MTCNN detection rate on visible synthetic faces: {found}/{total} = {rate:.3f}")
   assert total >= 40 and rate >= 0.85
+
+
+def test_rgb_to_yuv420p_matches_swscale_on_smooth_images():
+  """Our NumPy conversion (used so the mp4 bytes are reproducible) against libswscale's, in PyAV's
+  planar [3H/2, W] layout. On smooth content they agree to 1 level; on pixel noise swscale's chroma
+  filter differs from our 2x2 box mean, so the test uses gradients."""
+  yy, xx = np.mgrid[0:48, 0:64]
+  image = np.stack([xx * 4, yy * 5, (xx + yy) * 2], -1).clip(0, 255).astype(np.uint8)
+  ours = dataset.rgb_to_yuv420p(image)
+  swscale = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p").to_ndarray()
+  assert ours.shape == swscale.shape == (72, 64) and ours.dtype == np.uint8
+  assert np.abs(ours.astype(int) - swscale.astype(int)).max() <= 1

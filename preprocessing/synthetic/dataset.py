@@ -100,7 +100,8 @@ def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
   h, w, _ = frame.shape
   rgb = frame.astype(np.float32)
   y = 16 + rgb @ np.array([65.481, 128.553, 24.966], np.float32) / 255
-  quads = rgb.reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3))
+  # Mean of each 2x2 block, as four strided adds (a 5-D .mean() is several times slower here).
+  quads = (rgb[0::2, 0::2] + rgb[0::2, 1::2] + rgb[1::2, 0::2] + rgb[1::2, 1::2]) * 0.25
   u = 128 + quads @ np.array([-37.797, -74.203, 112.0], np.float32) / 255
   v = 128 + quads @ np.array([112.0, -93.786, -18.214], np.float32) / 255
   planes = [np.clip(np.rint(p), 0, 255).astype(np.uint8).reshape(-1, w) for p in (y, u, v)]
