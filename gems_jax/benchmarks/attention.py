@@ -206,19 +206,16 @@ def main(argv=None) -> None:
       raise SystemExit(f"unknown value(s) {sorted(unknown)}; expected from {allowed}")
 
   records, paper = [], []
+  # (N, batch, d_model, heads, where the records go): the main sweep, then the paper's shape.
+  sweep = [(n, args.batch, args.d_model, args.heads, records) for n in lengths]
+  if args.paper:
+    sweep += [(n, 32, 64, 2, paper) for n in (PAPER_LENGTHS[:2] if args.quick else PAPER_LENGTHS)]
   for _ in range(args.rounds):
-    for n in lengths:
+    for n, batch, d_model, heads, out in sweep:
       for method in methods:
         for mode in modes:
-          records.append(run_worker(method, n, mode, args, args.batch, args.d_model, args.heads,
-                                    repeats))
-          print(format_table(records[-1:]).splitlines()[-1], flush=True)
-    if args.paper:
-      for n in PAPER_LENGTHS[:2] if args.quick else PAPER_LENGTHS:
-        for method in methods:
-          for mode in modes:
-            paper.append(run_worker(method, n, mode, args, 32, 64, 2, repeats))
-            print(format_table(paper[-1:]).splitlines()[-1], flush=True)
+          out.append(run_worker(method, n, mode, args, batch, d_model, heads, repeats))
+          print(format_table(out[-1:]).splitlines()[-1], flush=True)
   records, paper = merge_rounds(records), merge_rounds(paper)
 
   summary = summarise(records, methods, modes)
