@@ -28,14 +28,14 @@ def segment_matrix(channels: int, segments: int, segment_map: str) -> np.ndarray
 
 
 def smooth(x: np.ndarray, filt: np.ndarray, segments: int, segment_map: str) -> np.ndarray:
-  """F^-1[F(X S) * L] with the orthonormal real DFT written out; x [L, C], filt [L//2+1, C, 2]."""
+  """F^-1[F(X S) * L] with the orthonormal real DFT written out; x [L, C], filt [C, L//2+1, 2]."""
   length, channels = x.shape
   u = x @ segment_matrix(channels, segments, segment_map)
   freqs = length // 2 + 1
   t = np.arange(length)
   spectrum = np.stack([(u * np.exp(-2j * np.pi * k * t / length)[:, None]).sum(0)
                        for k in range(freqs)]) / np.sqrt(length)
-  filtered = spectrum * (filt[..., 0] + 1j * filt[..., 1])
+  filtered = spectrum * (filt[..., 0] + 1j * filt[..., 1]).T
   out = np.zeros((length, channels))
   for k in range(freqs):
     # Hermitian weight: bins with a mirror image count twice; DC and Nyquist once (real part).

@@ -8,7 +8,7 @@ WITHOUT a residual; the caller adds x + block(x).
 Computation, for the L = max_len positions the block is built for (a shorter input is padded to L
 inside the block and marked as padding, so it behaves exactly like a padded batch):
 1. Smoother: U = segment mean of X over r groups of C/r consecutive channels, [B, L, r];
-   M = irfft(rfft(U) * F) with orthonormal FFTs and a learned complex filter F [L//2+1, C], where
+   M = irfft(rfft(U) * F) with orthonormal FFTs and a learned complex filter F [C, L//2+1], where
    channel c reads segment `c mod r` ('mod', the authors' tiling) or `c // (C/r)` ('block', the
    paper's matrix S). This is a learned circular convolution along time with a length-L kernel.
 2. Stem: Conv1d over time, kernel 3, zero padding, on concat[M, X] (2C -> C) with bias, then a norm,
@@ -84,23 +84,26 @@ def select_landmark_tokens(token_order: jax.Array, real: jax.Array,
   return token_order[rank], jnp.take_along_axis(real_in_order, rank, axis=1)
 
 
-def conv3_same(parts: list[jax.Array], kernel: jax.Array, bias: jax.Array) -> jax.Array:
-  """Conv1d over time, kernel 3, zero padding 1, on the channel concat of `parts` ([B, N, C_i]).
+def conv3_same(channel_major: jax.Array, x: jax.Array, real: jax.Array, kernel: jax.Array,
+               bias: jax.Array) -> jax.Array:
+  """Conv1d over time, kernel 3, zero padding 1, on the channel concat [M, X]; [B, N, C_out].
 
-  Computed as plain 2-D matmuls of each part into the 3 taps at once ([B*N, C_i] @ [C_i, 3*C_out]),
-  then shifted sums. This avoids materialising the concat and XLA's generic convolution, whose
-  backward pass is several times slower on CPU. kernel [3, sum(C_i), C_out] (Flax nn.Conv layout,
-  tap 0 reads position t-1), bias [C_out].
+  M arrives channel-major, [C_m, B, N] (the layout the smoother's FFT produces), X token-major,
+  [B, N, C_x] and already zero where `real` [B, N] is False; M counts as zero there too (its
+  matmul's output rows are masked, which is cheaper than a pass over M). Each part is multiplied
+  into the 3 taps at once ([B*N, C_i] @ [C_i, 3*C_out]; M through a transposed-operand matmul,
+  which XLA runs without copying M), then the taps are summed with shifts. This avoids
+  materialising the concat, transposing M and XLA's generic convolution, whose backward pass is
+  several times slower on CPU. kernel [3, C_m + C_x, C_out] (Flax nn.Conv layout, tap 0 reads
+  position t-1), bias [C_out].
   """
-  b, n = parts[0].shape[:2]
-  c_out = kernel.shape[-1]
-  taps, start = None, 0
-  for part in parts:
-    width = part.shape[-1]
-    weight = jnp.transpose(kernel[:, start:start + width], (1, 0, 2)).reshape(width, 3 * c_out)
-    term = part.reshape(b * n, width) @ weight
-    taps = term if taps is None else taps + term
-    start += width
+  b, n, c_x = x.shape
+  c_m, c_out = channel_major.shape[0], kernel.shape[-1]
+  taps_weight = jnp.transpose(kernel, (1, 0, 2)).reshape(c_m + c_x, 3 * c_out)
+  taps = jax.lax.dot_general(channel_major.reshape(c_m, b * n), taps_weight[:c_m],
+                             (((0,), (0,)), ((), ())))
+  taps = (taps * real.reshape(b * n, 1).astype(taps.dtype)
+          + x.reshape(b * n, c_x) @ taps_weight[c_m:])
   taps = taps.reshape(b, n, 3, c_out)
   before = jnp.pad(taps[:, :-1, 0], ((0, 0), (1, 0), (0, 0)))
   after = jnp.pad(taps[:, 1:, 2], ((0, 0), (0, 1), (0, 0)))
@@ -261,30 +264,38 @@ class S3Attention(nn.Module):
       raise ValueError(f"num_landmark_tokens={self.num_landmark_tokens} exceeds L={length}")
     return length
 
-  def _smooth(self, x: jax.Array, real: jax.Array) -> jax.Array:
-    """Segment mean -> rFFT -> learned complex filter per channel -> irFFT; [B,L,C] float32."""
+  def _smooth(self, x: jax.Array) -> jax.Array:
+    """Segment mean -> rFFT -> learned complex filter per channel -> irFFT; [C, B, L] float32.
+
+    Channel-major, so that the inverse FFT runs over the last axis and neither its input nor its
+    output needs a transpose; the stem's matmul reads the result transposed for free. For the same
+    reason the filter is stored [C, L//2+1, 2] (real, imaginary); the authors store [L//2+1, C, 2].
+    The output is not zeroed at padded positions; `conv3_same` does that.
+    """
     b, length, c = x.shape
     r = self.num_segments
     width = c // r
     segment_mean = jnp.mean(x.astype(self._accum_dtype).reshape(b, length, r, width), axis=-1)
-    spectrum = jnp.fft.rfft(segment_mean, axis=1, norm="ortho")
+    # Orthonormal rfft then orthonormal irfft scale by 1/sqrt(L) twice, exactly as the default
+    # norms do (1, then 1/L); the defaults avoid a rescaling pass over the [C, B, L] output.
+    spectrum = jnp.fft.rfft(jnp.transpose(segment_mean, (2, 0, 1)), axis=-1)
     filt = self.param("fourier_filter", pytorch_init.kaiming_uniform_relu(2 * c),
-                      (length // 2 + 1, c, 2), jnp.float32)
-    filt = jax.lax.complex(filt[..., 0], filt[..., 1])
-    freqs = spectrum.shape[1]
+                      (c, length // 2 + 1, 2), jnp.float32)
+    filt = jax.lax.complex(filt[..., 0], filt[..., 1])  # [C, F]
+    freqs = spectrum.shape[-1]
     if self.segment_map == "mod":  # channel c = w * r + j reads segment j = c mod r
-      filtered = spectrum[:, :, None, :] * filt.reshape(freqs, width, r)
+      filtered = spectrum[None] * filt.reshape(width, r, 1, freqs)
     else:  # channel c = j * width + w reads segment j = c // width
-      filtered = spectrum[:, :, :, None] * filt.reshape(freqs, r, width)
-    smoothed = jnp.fft.irfft(filtered.reshape(b, freqs, c), n=length, axis=1, norm="ortho")
-    return smoothed * real[..., None]
+      filtered = spectrum[:, None] * filt.reshape(r, width, 1, freqs)
+    return jnp.fft.irfft(filtered.reshape(c, b, freqs), n=length, axis=-1)
 
   def _stem(self, smoothed: jax.Array, x: jax.Array, real: jax.Array, train: bool) -> jax.Array:
-    """Conv(k=3) on concat[smoothed, x] -> norm -> ELU -> dropout; padded tokens zeroed."""
+    """Conv(k=3) on concat[smoothed ([C, B, L]), x ([B, L, C])] -> norm -> ELU -> dropout; padded
+    tokens zeroed."""
     c = self.d_model
     kernel = self.param("stem_kernel", pytorch_init.torch_kernel_init(), (3, 2 * c, c), jnp.float32)
     bias = self.param("stem_bias", pytorch_init.torch_bias_init(3 * 2 * c), (c,), jnp.float32)
-    z = conv3_same([smoothed.astype(self.dtype), x], kernel.astype(self.dtype),
+    z = conv3_same(smoothed.astype(self.dtype), x, real, kernel.astype(self.dtype),
                    bias.astype(self.dtype))
     if self.norm == "batch_positions":
       z = PositionBatchNorm(num_positions=x.shape[1], dtype=self._accum_dtype,
@@ -328,7 +339,7 @@ class S3Attention(nn.Module):
       real = jnp.pad(real, ((0, 0), (0, length - n)))
     x = x.astype(self.dtype) * real[..., None].astype(self.dtype)
 
-    stem = self._stem(self._smooth(x, real), x, real, train)
+    stem = self._stem(self._smooth(x), x, real, train)
     token_index, token_valid, feature_index = self._landmarks(real, mask is not None or n < length)
     q, (k1, v1), (k2, v2) = SkeletonProjection(
         d_model=c, num_heads=h, use_bias=self.qkv_bias, dtype=self.dtype,
