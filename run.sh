@@ -5,7 +5,8 @@
 #   ./run.sh setup           create .venv and install the pinned stack (idempotent, quick when done)
 #   ./run.sh test [ARGS]     the whole pytest suite (sets up first if needed); ARGS go to pytest
 #   ./run.sh demo [ARGS]     synthetic data -> preprocessing -> training -> evaluation -> report
-#   ./run.sh bench NAME      benchmarks: swin | attention | train | preprocess  (extra ARGS go to the program)
+#   ./run.sh bench NAME      benchmarks (python -m benchmarks.NAME): swin | attention | train |
+#                            preprocess  (extra ARGS go to the program)
 #   ./run.sh python ARGS     run the venv's python (e.g. ./run.sh python -m gems_jax.main --help)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -49,7 +50,7 @@ case "$cmd" in
     setup
     name=${1:?usage: ./run.sh bench swin|attention|train|preprocess [ARGS]}
     shift
-    exec "$PY" -m "gems_jax.benchmarks.$name" "$@" ;;
+    exec "$PY" -m "benchmarks.$name" "$@" ;;
   python)
     setup
     exec "$PY" "$@" ;;

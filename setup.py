@@ -9,7 +9,7 @@ setup(
     name="gems_jax",
     version="0.1.0",
     description="GEMS group emotion profiling (arXiv 2507.22393) in JAX/Flax",
-    packages=find_packages(include=["gems_jax*", "preprocessing*", "configs*"]),
+    packages=find_packages(include=["gems_jax*", "preprocessing*", "configs*", "benchmarks*"]),
     python_requires=">=3.11",
     install_requires=[
         "jax==0.10.2", "jaxlib==0.10.2", "flax==0.12.8", "optax==0.2.8",

@@ -18,9 +18,6 @@ Arguments after ':' are comma-separated flags or key=value pairs: `runlocal`, `v
 """
 import ml_collections
 
-EMOTIONS = ("fear", "anger", "joy", "sadness", "disgust", "surprise", "trust", "anticipation", "none")
-
-
 def parse_arg(arg: str | None, **defaults):
   """Parses 'runlocal,variant=authors' into a ConfigDict over `defaults` (big_vision style)."""
   out = ml_collections.ConfigDict(defaults)
@@ -54,6 +51,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.input.num_steps = 96  # Sequence length N. [code] seq_len, run.py:1876.
   config.input.worker_count = 0  # grain worker processes per host (0 = in-process).
   config.input.face_embedding_cache = True  # Encode faces once when the encoder is frozen. [paper]
+  # Faces per encoder call over all devices when caching (rounded up to whole faces per device):
+  # bounds the cache build's device memory; empty slots are never encoded. [ours]
+  config.input.face_cache_chunk = 64
   config.input.faces_per_batch = 256  # Stage 1 ('face' task): labelled faces per step.
 
   # --- Model -------------------------------------------------------------------------------
@@ -139,17 +139,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def _authors_choices(config):
-  """The authors' code, where it differs from our defaults ([code] run.py)."""
+  """The authors' code, where it differs from our defaults ([code] run.py). What stays different
+  is listed in the README ("Differences from the authors' code")."""
   config.model.fusion.norm = "batch_positions"
   config.model.fusion.pooling = "last"
   config.model.fusion.use_mask = False
   config.model.heads.situational = "single"
+  # Forecast the step after the N input steps ([code] run.py:823-824: 97 read, 96 in, 97th target).
   config.model.heads.forecast = True
   config.loss.weights.forecast = 1.0
+  # The authors' loss has no individual-emotion terms (no face encoder in their code).
+  config.loss.weights.individual_emotion = 0.0
+  config.loss.weights.individual_va = 0.0
   config.loss.reduction = "authors_sum"
   config.optim.schedule = "halve_per_epoch"
   config.optim.grad_clip_norm = 0.0
-  config.train.selection_metric = "loss"
+  config.train.selection_metric = "loss"  # The checkpoint with the lowest validation loss.
+  # [code] 10000 epochs, patience 300000: no early stopping. After epoch 30 the halving schedule's
+  # learning rate is below 2e-13 and Adam's updates vanish in float32, so 30 epochs train the same
+  # model; patience = epochs keeps early stopping off.
+  config.train.num_epochs = 30
+  config.train.patience = 30
 
 
 def _runlocal(config):

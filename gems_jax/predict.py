@@ -3,12 +3,15 @@ r"""What does the model say about my clip? Writes a group emotion profile for an
   python -m gems_jax.predict --workdir runs/gems --video clip.mp4 [--description TEXT] --out DIR
 
 Runs the PyTorch extraction stage (`python -m preprocessing.extract`: frames, MTCNN faces, tracks,
-text embedding) in a subprocess with the settings the training dataset was built with, then the
-trained GEMS model (best checkpoint of --workdir; with a frozen, cached encoder its weights come
-from the stage-1 checkpoint named in the run's config). Writes DIR/profile.json and
+text embedding) in a subprocess with the settings the training dataset was built with (its
+`extract_config`, stored in the dataset's metadata), then the trained GEMS model (best checkpoint of
+--workdir; with a frozen, cached encoder its weights come from the stage-1 checkpoint named in the
+run's config). The clip-level heads see the clip as training did (padded or truncated to the run's
+`num_steps`); the per-face emotions cover every extracted frame. Writes DIR/profile.json and
 DIR/contact_sheet.png. A clip without faces still gets a clip-level profile (from the description
 alone) and says so. A file that is not a readable video exits with status 1 and a one-line reason.
 """
+import dataclasses
 import io
 import json
 import os
@@ -21,51 +24,46 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from PIL import Image
 
-from gems_jax import train
+from gems_jax import tasks
 from gems_jax.data import input_pipeline
+from gems_jax.data import npz_records
 from gems_jax.evaluation import profile as profile_lib
-from gems_jax.training import checkpointing, face_cache
+from gems_jax.models.gems import GEMS
+from gems_jax.training import checkpointing
+from gems_jax.training.metric_writer import quiet_library_logs
 
 FLAGS = flags.FLAGS
 
-BUILD_REPORT = "build_report.json"  # Written by preprocessing.build in its --data_dir.
-# Extraction settings of the build that predict repeats (the dataset spec gives T, K and S).
-EXTRACT_FLAGS = ("fps", "face_margin", "jpeg_quality", "detect_max_side", "min_face_size",
-                 "min_face_prob", "text_encoder", "text_pooling", "text_max_length")
-
 
 def load_run(workdir: str):
-  """(config, spec, extraction settings of the dataset's build) of a training run."""
+  """(config, spec of the dataset the run was built from) of a GEMS training workdir."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: is {workdir} a gems_jax training workdir?")
   config = ml_collections.ConfigDict(json.load(open(path)))
+  if config.task != "gems":
+    raise ValueError(f"{workdir} trained config.task={config.task!r}; predict needs a 'gems' run")
   spec = input_pipeline.load_spec(config.input.data_dir)
-  dataset_dir = input_pipeline.resolve_dataset_dir(config.input.data_dir)
-  report = dataset_dir.parents[1] / BUILD_REPORT  # <data_dir>/<name>/<version>
-  if not report.exists():
-    raise FileNotFoundError(f"{report} not found: predict repeats the extraction settings of the "
-                            f"build that made the training data")
-  settings = json.load(open(report))["settings"]
-  return config, spec, {k: settings[k] for k in EXTRACT_FLAGS if settings.get(k) is not None}
+  if not spec.extract_config:
+    raise ValueError(f"the dataset {config.input.data_dir} records no extract_config (it was not "
+                     "made by preprocessing.build from videos), so its extraction cannot be repeated")
+  return config, spec
 
 
-def extract(video: str, description: str, spec, build: dict, out_npz: str) -> dict:
-  """Runs preprocessing.extract in a subprocess (the torch stage) and loads its output."""
-  from preprocessing import cache  # numpy only
-  args = [sys.executable, "-m", "preprocessing.extract", "--video", video, "--out", out_npz,
-          "--description", description, "--num_frames", str(spec.num_frames),
-          "--max_faces", str(spec.max_faces), "--face_size", str(spec.face_size)]
-  for key, value in build.items():
-    args += [f"--{key}", str(value)]
+def extract(video: str, description: str, spec, tmp: str) -> dict:
+  """Runs preprocessing.extract in a subprocess (the torch stage) and loads its record."""
+  config_path, out = os.path.join(tmp, "extract_config.json"), os.path.join(tmp, "clip.npz")
+  with open(config_path, "w") as f:
+    json.dump(spec.extract_config, f)
+  args = [sys.executable, "-m", "preprocessing.extract", "--video", video, "--out", out,
+          "--description", description, "--extract_config", config_path]
   proc = subprocess.run(args, capture_output=True, text=True)
   if proc.returncode != 0:
     lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
     raise RuntimeError(lines[-1] if lines else f"extraction failed with status {proc.returncode}")
-  return cache.load(out_npz)
+  return npz_records.load(out)
 
 
 def _decode(jpegs: np.ndarray, size: int) -> np.ndarray:
@@ -76,41 +74,39 @@ def _decode(jpegs: np.ndarray, size: int) -> np.ndarray:
 
 
 def model_and_variables(config, spec, workdir: str):
-  """The GEMS module in crops mode and its best-checkpoint variables (+ the face encoder)."""
-  model = train.create_model(config, spec)
-  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, checkpointing.BEST)))
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no best checkpoint in {workdir}")
-  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
-  manager.close()
-  params = dict(state["params"])
+  """The run's task on face crops, and its best-checkpoint variables (+ the face encoder)."""
+  crops_spec = dataclasses.replace(spec, storage="crops", embed_dim=0)
+  task = tasks.get_task(config, crops_spec)
+  variables, _ = checkpointing.read_variables(workdir, checkpointing.BEST)
+  params = dict(variables["params"])
   branch = dict(params["face_branch"])
   if "encoder" not in branch:  # Trained on cached embeddings: the encoder is the stage-1 one.
     if not config.model.face_encoder.checkpoint:
       raise ValueError(f"{workdir} was trained on cached embeddings of a random encoder; "
                        "there are no face-encoder weights to predict with")
-    branch["encoder"] = face_cache.read_face_encoder_params(
+    branch["encoder"] = checkpointing.read_face_encoder_params(
         config.model.face_encoder.checkpoint)["encoder"]
   params["face_branch"] = branch
-  return model, {"params": params, **state["model_state"]}
+  return task, {"params": params, **variables["model_state"]}
 
 
 def predict(workdir: str, video: str, description: str, out_dir: str) -> dict:
-  config, spec, build = load_run(workdir)
-  config.input.num_steps = max(config.input.num_steps, spec.num_frames)
+  config, spec = load_run(workdir)
   os.makedirs(out_dir, exist_ok=True)
   with tempfile.TemporaryDirectory() as tmp:
-    example = extract(video, description, spec, build, os.path.join(tmp, "clip.npz"))
-  model, variables = model_and_variables(config, spec, workdir)
-  batch = {k: example[k][None] for k in ("step_mask", "face_mask", "text_embedding", "text_mask")}
-  batch["faces"] = _decode(example["faces"], spec.face_size)[None]
-  batch, _ = train.prepare_batch(config, batch)
-  outputs = jax.jit(lambda v, b: model.apply(v, b, train=False))(
-      variables, jax.tree.map(jnp.asarray, batch))
-  outputs = jax.tree.map(np.asarray, outputs)
+    example = extract(video, description, spec, tmp)
+  task, variables = model_and_variables(config, spec, workdir)
+  clip = {k: example[k][None] for k in ("step_mask", "face_mask", "text_embedding", "text_mask")}
+  clip["faces"] = _decode(example["faces"], spec.face_size)[None]
+  batch, _ = task.prepare_batch(clip)  # The training rule: pad or truncate to the run's steps.
+  apply = jax.jit(lambda v, b, **kw: task.model.apply(v, b, train=False, **kw),
+                  static_argnames="method")
+  outputs = jax.tree.map(np.asarray, apply(variables, jax.tree.map(jnp.asarray, batch)))
+  faces = {k: jnp.asarray(clip[k]) for k in ("faces", "face_mask")}
+  outputs.update(jax.tree.map(np.asarray, apply(variables, faces, method=GEMS.individual)))
   result = profile_lib.build_profile(outputs, example, spec, video=os.path.abspath(video),
                                      multilabel=config.model.heads.situational == "multilabel")
+  result["model_steps"] = config.input.num_steps
   with open(os.path.join(out_dir, "profile.json"), "w") as f:
     json.dump(result, f, indent=1)
   thumbs = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) if len(b) else None
@@ -124,6 +120,7 @@ def predict(workdir: str, video: str, description: str, out_dir: str) -> dict:
 
 def main(argv):
   del argv
+  quiet_library_logs()
   if not os.path.isfile(FLAGS.video):
     sys.exit(f"error: {FLAGS.video}: no such file")
   try:

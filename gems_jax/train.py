@@ -1,13 +1,12 @@
-"""Training and evaluation library for GEMS (called by main.py; every piece is testable alone).
+"""Training and evaluation library (called by main.py; every piece is testable alone).
 
 One program from a laptop CPU to a pod: the mesh comes from `config.mesh`, every jitted function
 has explicit `NamedSharding`s, each process feeds its slice of the global batch, the train state is
 donated. Model selection uses the validation split only; the test split is evaluated once, at the
 end, with the best checkpoint.
 
-Two tasks share this loop (`config.task`):
-  'gems' — the clip-level multi-task model (gems_jax.models.gems.GEMS);
-  'face' — stage 1: the Swin face encoder + individual-emotion heads on labelled face crops.
+This module is the loop and nothing else: what is trained (model, inputs, losses, metrics, frozen
+parameters, prediction rows) is the `Task` of `config.task` (gems_jax/tasks/).
 """
 import functools
 import os
@@ -18,74 +17,30 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gems_jax import tasks as tasks_lib
 from gems_jax.data import input_pipeline
 from gems_jax.evaluation import metrics as metrics_lib
-from gems_jax.models.gems import GEMS, FaceEmotionClassifier
-from gems_jax.training import batches as batches_lib
+from gems_jax.training import checkpointing
 from gems_jax.training import face_cache
-from gems_jax.training import losses as losses_lib
 from gems_jax.training import sharding as shd
 from gems_jax.training import state as state_lib
 from gems_jax.training.metric_writer import MetricWriter, quiet_library_logs
 
-INDIVIDUAL_TASKS = ("individual_emotion", "individual_va")
 
-
-def create_model(config: ml_collections.ConfigDict, spec) -> GEMS | FaceEmotionClassifier:
-  """The Flax module for `config.task`, sized from the dataset spec."""
-  model_cfg = ml_collections.ConfigDict(config.model.to_dict())
-  fe = model_cfg.face_encoder
-  if config.task == "face":
-    return FaceEmotionClassifier(fe.name, dict(fe.overrides), len(spec.emotion_names),
-                                 dtype=jnp.dtype(fe.dtype))
-  if config.task != "gems":
-    raise ValueError(f"config.task must be 'gems' or 'face', got {config.task!r}")
-  hd = model_cfg.heads
-  for field, names in (("num_emotions", spec.emotion_names),
-                       ("num_group_categories", spec.group_category_names),
-                       ("num_situational_emotions", spec.situational_emotion_names),
-                       ("num_situations", spec.situation_names)):
-    if hd[field] != len(names):
-      raise ValueError(f"config.model.heads.{field}={hd[field]} but the dataset has "
-                       f"{len(names)} classes {list(names)}")
-  model_cfg.num_steps = config.input.num_steps
-  face_dim = spec.embed_dim if spec.storage == "embeddings" else 0
-  model_cfg.token_dim = face_dim + spec.text_parts * spec.text_dim  # 0 face dim: set at init.
-  return GEMS(ml_collections.FrozenConfigDict(model_cfg))
-
-
-def prepare_batch(config, batch: dict, rng: np.random.Generator | None = None) -> tuple[dict, dict]:
-  """Host batch -> (numeric arrays for the devices, host-only values)."""
-  if config.task == "face":
-    size = config.input.faces_per_batch if rng is not None else batch["face_mask"].size
-    return batches_lib.face_batch(batch, size, rng), {}
-  return batches_lib.split_host_keys(batches_lib.fit_steps(batch, config.input.num_steps))
-
-
-def compute_loss(config, outputs, batch):
-  """(total, terms) of `config.loss`; the face task keeps only the individual terms."""
-  loss_config = dict(config.loss.to_dict(), situational=config.model.heads.situational)
-  if config.task == "face":
-    loss_config["weights"] = {t: (config.loss.weights[t] if t in INDIVIDUAL_TASKS else 0.0)
-                              for t in losses_lib.TASKS}
-  return losses_lib.gems_losses(outputs, batch, loss_config)
-
-
-def _apply(model, variables, batch, *, train, rngs=None):
+def _apply(task, variables, batch, *, train, rngs=None):
   mutable = ["batch_stats"] if train and "batch_stats" in variables else False
-  inputs = batch["faces"] if isinstance(model, FaceEmotionClassifier) else batch
-  out = model.apply(variables, inputs, train=train, rngs=rngs, mutable=mutable)
+  out = task.model.apply(variables, task.model_inputs(batch), train=train, rngs=rngs, mutable=mutable)
   return out if mutable else (out, {})
 
 
-def train_step(state: state_lib.TrainState, batch, rng, *, model, config):
+def train_step(state: state_lib.TrainState, batch, rng, *, task: tasks_lib.Task):
   """One optimizer step; returns the new state and scalar metrics (loss terms, lr, grad norm)."""
   dropout_rng = jax.random.fold_in(rng, state.step)
 
   def loss_fn(params):
     variables = {"params": params, **state.model_state}
-    outputs, updates = _apply(model, variables, batch, train=True, rngs={"dropout": dropout_rng})
-    total, terms = compute_loss(config, outputs, batch)
+    outputs, updates = _apply(task, variables, batch, train=True, rngs={"dropout": dropout_rng})
+    total, terms = task.loss(outputs, batch)
     return total, (terms, updates)
 
   (total, (terms, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -99,20 +54,23 @@ def _global_norm(tree):
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
-def eval_step(state: state_lib.TrainState, batch, *, model, config):
-  """Outputs and loss of one batch; returned replicated so every host sees the whole batch."""
-  outputs, _ = _apply(model, state.variables(), batch, train=False)
-  total, terms = compute_loss(config, outputs, batch)
-  outputs = {k: v for k, v in outputs.items() if not k.startswith("forecast")}
-  return outputs, batch, {"loss": total, **terms}
+def eval_step(state: state_lib.TrainState, batch, *, task: tasks_lib.Task):
+  """Outputs and loss of one batch; returned replicated so every host sees the whole batch. The
+  loss comes back as (loss x number of valid examples, number), so a split's loss is a mean over
+  its examples, not over its batches."""
+  outputs, _ = _apply(task, state.variables(), batch, train=False)
+  total, terms = task.loss(outputs, batch)
+  n = jnp.sum(batch["valid"], dtype=jnp.float32)
+  weighted = {k: v * n for k, v in {"loss": total, **terms}.items()}
+  return task.eval_outputs(outputs), batch, (weighted, n)
 
 
 class Trainer:
-  """Holds the compiled step functions and shardings of one run."""
+  """Holds the task, the compiled step functions and the shardings of one run."""
 
   def __init__(self, config, spec, mesh, steps_per_epoch: int):
     self.config, self.spec, self.mesh = config, spec, mesh
-    self.model = create_model(config, spec)
+    self.task = tasks_lib.get_task(config, spec)
     self.steps_per_epoch = steps_per_epoch
     self.schedule = state_lib.learning_rate_schedule(config.optim, steps_per_epoch,
                                                      config.train.num_epochs)
@@ -126,10 +84,10 @@ class Trainer:
     init_rngs = {"params": rng, "dropout": rng}
 
     def init_fn():
-      inputs = local["faces"] if self.config.task == "face" else local
-      variables = self.model.init(init_rngs, jax.tree.map(jnp.asarray, inputs), train=False)
+      inputs = self.task.model_inputs(jax.tree.map(jnp.asarray, local))
+      variables = self.task.model.init(init_rngs, inputs, train=False)
       params = variables.pop("params")
-      frozen = self._frozen_prefixes(params)
+      frozen = self.task.frozen_prefixes(params)
       tx = state_lib.create_optimizer(self.config.optim, self.schedule, params, frozen)
       return state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                   opt_state=tx.init(params), model_state=dict(variables), tx=tx)
@@ -137,48 +95,42 @@ class Trainer:
     abstract = jax.eval_shape(init_fn)
     self.state_sharding = shd.tree_shardings(abstract, self.mesh)
     state = jax.jit(init_fn, out_shardings=self.state_sharding)()
-    state = face_cache.load_face_encoder(self.config, state)
-    self._compile(state)
+    state = self.task.load_pretrained(state)
+    self._compile()
     return state
 
-  def _frozen_prefixes(self, params) -> tuple[str, ...]:
-    fe = self.config.model.face_encoder
-    if self.config.task == "gems" and fe.frozen and "encoder" in params.get("face_branch", {}):
-      return ("face_branch/encoder",)
-    return ()
-
-  def _compile(self, state):
-    step = functools.partial(train_step, model=self.model, config=self.config)
+  def _compile(self):
+    step = functools.partial(train_step, task=self.task)
     self.train_step = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding, self.repl),
                               out_shardings=(self.state_sharding, self.repl), donate_argnums=(0,))
-    estep = functools.partial(eval_step, model=self.model, config=self.config)
+    estep = functools.partial(eval_step, task=self.task)
     self.eval_step = jax.jit(estep, in_shardings=(self.state_sharding, self.batch_sharding),
                              out_shardings=self.repl)
-    del state
 
   def evaluate(self, state, split: str, *, collect_predictions: bool = False):
-    """Metrics over the whole split (padded last batch masked out), and optional predictions."""
+    """Metrics over the whole split (padded last batch masked out; losses are per-example means),
+    and optionally the prediction rows."""
     cfg = self.config
     it = input_pipeline.make_iterator(
         cfg.input.data_dir, split, batch_size=shd.per_process_batch_size(cfg.eval.batch_size, self.mesh),
         shuffle=False, seed=0, num_epochs=1, shard_index=jax.process_index(),
         shard_count=jax.process_count(), decode_faces=self.decode_faces,
         worker_count=cfg.input.worker_count)
-    acc = metrics_lib.MetricsAccumulator(situational=cfg.model.heads.situational)
-    loss_sums, n_batches, predictions = {}, 0, []
+    acc = self.task.metrics()
+    loss_sums, count, rows = {}, 0.0, []
     for batch in it:
-      numeric, host = prepare_batch(cfg, batch)
-      outputs, labels, scalars = self.eval_step(state, shd.global_batch(numeric, self.mesh))
+      numeric, host = self.task.prepare_batch(batch)
+      outputs, labels, (weighted, n) = self.eval_step(state, shd.global_batch(numeric, self.mesh))
       outputs, labels = jax.tree.map(np.asarray, (outputs, labels))
       acc.update(outputs, labels)
-      for k, v in scalars.items():
+      for k, v in weighted.items():
         loss_sums[k] = loss_sums.get(k, 0.0) + float(v)
-      n_batches += 1
+      count += float(n)
       if collect_predictions:
-        predictions.append((outputs, labels, _all_processes(host)))
+        rows += self.task.prediction_rows(outputs, labels, _all_processes(host))
     result = acc.compute()
-    result["loss"] = {k: v / max(n_batches, 1) for k, v in loss_sums.items()}
-    return result, predictions
+    result["loss"] = {k: v / max(count, 1.0) for k, v in loss_sums.items()}
+    return result, rows
 
   @property
   def decode_faces(self) -> bool:
@@ -240,7 +192,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   and test splits; writes metrics, predictions and a report into `workdir`. Resumes if the workdir
   holds checkpoints. Returns the final metrics {split: metrics}."""
   from tqdm import tqdm
-  from gems_jax.training.checkpointing import Checkpoints
 
   os.makedirs(workdir, exist_ok=True)
   quiet_library_logs()
@@ -262,12 +213,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       worker_count=config.input.worker_count)
   train_iter = make_train_iter()
   rng = jax.random.key(config.seed)
-  sample, _ = prepare_batch(config, next(make_train_iter()), np.random.default_rng(0))
+  sample, _ = trainer.task.prepare_batch(next(make_train_iter()), np.random.default_rng(0))
   state = trainer.init_state(sample, rng)
-  logging.info("model %s: %d parameters", type(trainer.model).__name__,
+  logging.info("model %s: %d parameters", type(trainer.task.model).__name__,
                state_lib.count_params(state.params))
 
-  ckpt = Checkpoints(workdir, keep=config.checkpoint.keep)
+  ckpt = checkpointing.Checkpoints(workdir, keep=config.checkpoint.keep)
   meta = {"best_score": None, "best_step": None, "bad_evals": 0, "stopped": False, "data": None}
   restored = ckpt.restore(state)
   if restored is not None:
@@ -279,7 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   bar = tqdm(total=total_steps, initial=step, desc="train", unit="step",
              disable=jax.process_index() != 0)
   while step < total_steps and not meta["stopped"]:
-    numeric, _ = prepare_batch(config, next(train_iter), np.random.default_rng((config.seed, step)))
+    numeric, _ = trainer.task.prepare_batch(next(train_iter), np.random.default_rng((config.seed, step)))
     state, scalars = trainer.train_step(state, shd.global_batch(numeric, mesh), rng)
     step += 1
     bar.update(1)
@@ -315,9 +266,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return results
 
 
-def _final_evaluation(trainer, ckpt, state, workdir, writer,
-                      splits: tuple[str, ...] | None = None, which: str = "best") -> dict:
-  """Evaluates the best checkpoint once per split; writes predictions, metrics and the report."""
+def _final_evaluation(trainer, ckpt, state, workdir, writer, splits: tuple[str, ...] | None = None,
+                      which: str = checkpointing.BEST) -> dict:
+  """Evaluates the `which` checkpoint once per split; writes predictions, metrics and the report."""
   from gems_jax.evaluation import predictions as predictions_lib
   from gems_jax.evaluation import report as report_lib
 
@@ -333,25 +284,24 @@ def _final_evaluation(trainer, ckpt, state, workdir, writer,
     if split not in available:
       logging.warning("split %r not in the dataset (has %s); skipped", split, sorted(available))
       continue
-    result, predictions = trainer.evaluate(state, split, collect_predictions=True)
+    result, rows = trainer.evaluate(state, split, collect_predictions=True)
     results[split] = result
     writer.write(int(state.step), f"final_{split}", headline_metrics(result))
     heads = {k: v for k, v in result.items() if k != "loss"}
     if jax.process_index() == 0:
       out_dir = os.path.join(workdir, "report", split)
-      predictions_lib.write_predictions(out_dir, predictions, trainer.spec, cfg.task,
-                                        multilabel=cfg.model.heads.situational == "multilabel")
+      predictions_lib.write_predictions(out_dir, rows)
       report_lib.write_report(out_dir, heads, class_names(trainer.spec), writer.jsonl_path)
-      logging.info("%s (best checkpoint, step %d):\n%s", split, int(state.step),
+      logging.info("%s (%s checkpoint, step %d):\n%s", split, which, int(state.step),
                    metrics_lib.format_table(heads))
   return results
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: str = "best",
-                        splits=None) -> dict:
-  """Eval-only mode: restores a saved checkpoint and writes predictions and metrics per split."""
-  from gems_jax.training.checkpointing import Checkpoints
-
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        which: str = checkpointing.BEST, splits=None) -> dict:
+  """Eval-only mode: restores the `which` ('best' or 'latest') checkpoint and writes predictions
+  and metrics per split."""
+  quiet_library_logs()
   config = face_cache.prepare_input(config, workdir)
   mesh = shd.make_mesh(config.mesh)
   spec = input_pipeline.load_spec(config.input.data_dir)
@@ -360,9 +310,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: 
       config.input.data_dir, config.input.eval_split, batch_size=shd.per_process_batch_size(
           config.eval.batch_size, mesh), shuffle=False, seed=0, num_epochs=1,
       decode_faces=trainer.decode_faces)
-  sample, _ = prepare_batch(config, next(iter(it)))
+  sample, _ = trainer.task.prepare_batch(next(iter(it)))
   state = trainer.init_state(sample, jax.random.key(config.seed))
-  ckpt = Checkpoints(workdir, keep=config.checkpoint.keep)
+  ckpt = checkpointing.Checkpoints(workdir, keep=config.checkpoint.keep)
   writer = MetricWriter(workdir)
   results = _final_evaluation(trainer, ckpt, state, workdir, writer,
                               splits=tuple(splits) if splits else None, which=which)

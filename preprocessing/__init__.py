@@ -2,21 +2,24 @@
 
     python -m preprocessing.build --videos DIR --annotations FILE [--descriptions FILE_OR_DIR] \
         --data_dir OUT                                   # or --from_features ROOT
-    python -m preprocessing.extract --video F [--description TEXT] --out F.npz   # one clip
+    python -m preprocessing.extract --video F [--description TEXT] \
+        --extract_config CONFIG.json --out F.npz     # one clip, as a dataset's build did it
 
 Modules, in the order data flows through them:
   video.py            PyAV decoding, T sampled frames (uniform or n per second), detection view
   faces.py            MTCNN (facenet-pytorch, bundled weights), top-K selection, square JPEG crops
   tracking.py         IoU tracker: stable track ids across sampled steps
-  extract.py          one clip -> the face part of an example (+ the one-clip CLI)
+  extract.py          one clip -> the face part of an example; extract_config (+ the one-clip CLI)
   text.py             descriptions -> (scene, background, event) -> pooled transformer embeddings
   labels.py           labels.json, annotation CSVs (ours and the authors'), split-leak check
   individual.py       per-frame individual annotations attached to detected faces
   features_import.py  the authors' precomputed-feature layout
-  cache.py, report.py per-clip atomic caches and build_report.json
+  report.py           build_report.json
   pipeline.py         the build stages (text, faces in a process pool, validate + write)
   build.py            the dataset CLI
   random_text_encoder.py  a random RoBERTa + on-the-fly tokenizer for offline tests and benchmarks
   make_synthetic.py, synthetic/  the synthetic VGAF-GEMS-format data generator (raw inputs above)
-The dataset schema and writer are gems_jax.data.spec and gems_jax.data.tfds_writer.
+The dataset schema, the per-clip npz codec (caches, extract output) and the writer are
+gems_jax.data.spec, gems_jax.data.npz_records and gems_jax.data.tfds_writer: this package imports
+them (the contract), gems_jax never imports this package.
 """

@@ -11,6 +11,8 @@ From the authors' precomputed features (<root>/<split>/face_features, text_laten
 Output: OUT/<name>/<version>/ (TFDS ArrayRecord + gems_meta.json, read by
 gems_jax.data.input_pipeline) and OUT/build_report.json (every clip ok or skipped with the reason;
 see preprocessing/report.py). Per-clip caches in OUT/_work make a rerun skip finished clips.
+gems_meta.json's `extract_config` holds the extraction and text settings, so that
+`python -m preprocessing.extract --extract_config` (the predict tool) repeats them on a new clip.
 
 Many machines: run with --num_shards N --shard_index i (same OUT on a shared file system, or copy
 the OUT/_work folders together); a sharded run only extracts its part of the clips (sorted clip
@@ -23,7 +25,6 @@ a usage error (bad flag, unreadable annotation file, split leak).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import pathlib
 import sys
@@ -31,8 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from gems_jax.data import npz_records
 from gems_jax.data import spec as spec_lib
-from preprocessing import cache, extract, features_import, individual, labels, pipeline
+from preprocessing import extract, features_import, individual, labels, pipeline
+from preprocessing import text as text_lib
 from preprocessing.report import BuildReport
 
 
@@ -59,7 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="skip clips without any detected face (default: keep them)")
   out.add_argument("--require_descriptions", action="store_true",
                    help="skip clips without a description (default: keep, text_mask False)")
-  extract.add_extract_flags(parser)
+  _add_extraction_flags(parser)
+  extract.add_runtime_flags(parser)
   args = parser.parse_args(argv)
   if args.from_features:
     if args.videos or args.annotations:
@@ -73,6 +77,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.error(f"need 0 <= --shard_index < --num_shards, got {args.shard_index}, "
                  f"{args.num_shards}")
   return args
+
+
+def _add_extraction_flags(parser: argparse.ArgumentParser) -> None:
+  """The settings that change the extracted data (they become the dataset's extract_config)."""
+  d = extract.ExtractConfig()
+  g = parser.add_argument_group("faces")
+  g.add_argument("--num_frames", type=int, default=None,
+                 help=f"T sampled steps per clip (default {d.num_frames}; with --from_features: "
+                      f"the most steps of any clip)")
+  g.add_argument("--fps", type=float, default=None,
+                 help="sample at this rate (the authors: 1) and pad/truncate to T, instead of "
+                      "T uniform steps")
+  g.add_argument("--max_faces", type=int, default=d.max_faces, help="K face slots per step")
+  g.add_argument("--face_size", type=int, default=d.face_size, help="S, crop side in pixels")
+  g.add_argument("--face_margin", type=float, default=d.face_margin)
+  g.add_argument("--jpeg_quality", type=int, default=d.jpeg_quality)
+  g.add_argument("--detect_max_side", type=int, default=d.detect_max_side,
+                 help="detect on a view with this longer side (crops stay full resolution)")
+  g.add_argument("--min_face_size", type=int, default=d.min_face_size)
+  g.add_argument("--min_face_prob", type=float, default=d.min_face_prob)
+  t = parser.add_argument_group("text")
+  t.add_argument("--text_encoder", default="roberta-base",
+                 help="local Hugging Face folder, 'pkg:<module>' or a hub id")
+  t.add_argument("--text_pooling", choices=text_lib.POOLINGS, default="mean")
+  t.add_argument("--text_max_length", type=int, default=128)
+  t.add_argument("--text_batch_size", type=int, default=32,
+                 help="descriptions per encoder call (never changes the data)")
+
+
+def _face_config(args: argparse.Namespace) -> extract.ExtractConfig:
+  return extract.ExtractConfig(
+      num_frames=args.num_frames or extract.ExtractConfig.num_frames, sample_fps=args.fps,
+      max_faces=args.max_faces, face_size=args.face_size, face_margin=args.face_margin,
+      jpeg_quality=args.jpeg_quality, detect_max_side=args.detect_max_side,
+      min_face_size=args.min_face_size, min_face_prob=args.min_face_prob)
+
+
+def _text_settings(args: argparse.Namespace) -> text_lib.TextSettings:
+  return text_lib.TextSettings(args.text_encoder, args.text_pooling, args.text_max_length,
+                               args.text_batch_size)
 
 
 def _report_path(args: argparse.Namespace) -> pathlib.Path:
@@ -91,7 +135,8 @@ def _video_example(clip_id: str, label: labels.ClipLabels, space: labels.LabelSp
                    work: pipeline.WorkDirs, people: list[individual.PersonLabel]
                    ) -> tuple[dict[str, Any], dict[str, Any]]:
   """The contract example of one extracted clip and its report fields."""
-  faces, text = cache.load(work.face_file(clip_id)), cache.load(work.text_file(clip_id))
+  faces = npz_records.load(work.face_file(clip_id))
+  text = npz_records.load(work.text_file(clip_id))
   mask = faces["face_mask"]
   info: dict[str, Any] = {"faces": int(mask.sum()), "steps": int(faces["step_mask"].sum()),
                           "steps_with_faces": int(mask.any(axis=1).sum()), "warnings": []}
@@ -123,7 +168,6 @@ def build_from_videos(args: argparse.Namespace, report: BuildReport) -> int:
   mine = all_clips[args.shard_index::args.num_shards]
   descriptions = {}
   if args.descriptions:
-    from preprocessing import text as text_lib
     descriptions = text_lib.read_descriptions(args.descriptions)
     stray = sorted(set(descriptions) - set(all_clips))
     if stray:
@@ -145,10 +189,10 @@ def build_from_videos(args: argparse.Namespace, report: BuildReport) -> int:
       if not descriptions.get(clip_id, "").strip():
         report.warn(clip_id, "no description: text parts are zero, text_mask False")
       jobs.append((clip_id, videos[clip_id]))
-  config = extract.config_from_flags(args)
-  work = pipeline.WorkDirs.create(args.data_dir, config, _text_settings(args))
-  text_dim = pipeline.run_text_stage([c for c, _ in jobs], descriptions, work,
-                                     _text_settings(args), args.device, report)
+  config, text_settings = _face_config(args), _text_settings(args)
+  work = pipeline.WorkDirs.create(args.data_dir, config, text_settings)
+  text_dim = pipeline.run_text_stage([c for c, _ in jobs], descriptions, work, text_settings,
+                                     args.device, report)
   pipeline.run_face_stage(jobs, work, config, report, device=args.device, workers=args.workers,
                           torch_threads=args.torch_threads, detect_batch=args.detect_batch)
   if args.num_shards > 1:
@@ -162,7 +206,8 @@ def build_from_videos(args: argparse.Namespace, report: BuildReport) -> int:
   spec = spec_lib.DatasetSpec(
       name=args.name, version=args.version, num_frames=config.num_frames,
       max_faces=config.max_faces, text_dim=text_dim, storage="crops",
-      face_size=config.face_size, **space.spec_fields())
+      face_size=config.face_size, extract_config=extract.make_extract_config(config, text_settings),
+      **space.spec_fields())
   path = pipeline.write_stage(
       args.data_dir, spec, report,
       lambda c: _video_example(c, annotations.labels[c], space, work, people.get(c, [])),
@@ -220,18 +265,14 @@ def build_from_features(args: argparse.Namespace, report: BuildReport) -> int:
   return 0 if path else 1
 
 
-def _text_settings(args: argparse.Namespace) -> pipeline.TextSettings:
-  return pipeline.TextSettings(args.text_encoder, args.text_pooling, args.text_max_length,
-                               args.text_batch_size)
-
-
 def main(argv: list[str] | None = None) -> int:
   os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
   os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
   args = parse_args(argv)
   settings = {k: v for k, v in vars(args).items()}
   if not args.from_features:
-    settings["extract_config"] = dataclasses.asdict(extract.config_from_flags(args))
+    settings["extract_config"] = extract.make_extract_config(_face_config(args),
+                                                             _text_settings(args))
   report = BuildReport(sys.argv[:1] + (argv if argv is not None else sys.argv[1:]), settings)
   try:
     if args.from_features:

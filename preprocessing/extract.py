@@ -3,6 +3,7 @@
     extractor = ClipExtractor(ExtractConfig(num_frames=16), device="cpu")
     faces = extractor.extract("clip.mp4")       # dict: frame_index, step_mask, faces, face_boxes,
                                                 # face_scores, face_track, face_mask (+ stats)
+    record = extract_clip("clip.mp4", description, spec.extract_config)  # as the build did it
 
 Per clip: plan the T sampled frames from the packet count, decode with PyAV, and for each sampled
 frame make a detection view (longer side <= `detect_max_side`), run MTCNN once on it, keep the top
@@ -11,39 +12,52 @@ frame (square, `face_margin` around the box, `face_size` px, JPEG `jpeg_quality`
 track ids (`tracking.IouTracker`). Decoding and resizing run in a background thread one frame
 ahead of detection (PyAV and PIL release the GIL), which hides most of the decoding cost.
 
+A dataset's `extract_config` (`DatasetSpec.extract_config` in gems_meta.json, written by
+preprocessing.build with `make_extract_config`) holds everything that changes the extracted data,
+flat and JSON-serialisable: the `ExtractConfig` fields (num_frames, sample_fps, max_faces,
+face_size, face_margin, jpeg_quality, detect_max_side, min_face_size, mtcnn_thresholds,
+min_face_prob, track_iou, track_expand, track_max_gap) and the text settings (text_encoder,
+text_pooling, text_max_length), i.e. the settings that name the build's two cache folders.
+`extract_clip` repeats that extraction on any clip; run-time knobs (device, detect batch, torch
+threads) never change the data and are not part of it.
+
 CLI (used by the predict tool in a subprocess; prints nothing but errors):
-    python -m preprocessing.extract --video F [--description TEXT] --out F.npz
-           [--num_frames 16 ...same extraction and text flags as preprocessing.build]
-writes, with `preprocessing.cache.save` (read it back with `preprocessing.cache.load`, numpy only):
-the contract example without any label (clip_id, source_video, description, frame_index,
-step_mask, faces, face_boxes, face_scores, face_track, face_mask, text_embedding, text_mask), plus
-`frame_jpegs` [T] (JPEG of each sampled frame, longer side <= --thumb_size, b'' for padded steps)
-and `frame_size` int32 [2] (original width, height, upright) for drawing a contact sheet: scale
-the boxes by thumb_width / width.
+    python -m preprocessing.extract --video F [--description TEXT] --extract_config CONFIG.json \
+        --out F.npz [--thumb_size 480] [--device cpu --detect_batch 1 --torch_threads 1]
+CONFIG.json holds a dataset's `extract_config`. Writes `extract_clip`'s record with
+`gems_jax.data.npz_records.save` (read it back with `npz_records.load`, numpy only): the contract
+example without any label (clip_id, source_video, description, frame_index, step_mask, faces,
+face_boxes, face_scores, face_track, face_mask, text_embedding, text_mask), plus `frame_jpegs` [T]
+(JPEG of each sampled frame, longer side <= --thumb_size, b'' for padded steps) and `frame_size`
+int32 [2] (original width, height, upright) for drawing a contact sheet: scale the boxes by
+thumb_width / width. An unreadable video or a bad CONFIG.json exits with status 2 and the reason
+as the last line of stderr.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import io
+import json
 import os
 import pathlib
 import queue
 import sys
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 from PIL import Image
 
-from preprocessing import cache, faces as faces_lib, labels, video
+from gems_jax.data import npz_records
+from preprocessing import faces as faces_lib, labels, text as text_lib, video
 from preprocessing.tracking import IouTracker
 
 
 @dataclasses.dataclass(frozen=True)
 class ExtractConfig:
-  """Everything that changes the extracted data (its hash names the cache folder)."""
+  """Everything that changes the extracted faces (its hash names the build's face cache folder)."""
   num_frames: int = 16  # T.
   sample_fps: float | None = None  # None: uniform over the clip; e.g. 1.0: the authors' 1 frame/s.
   max_faces: int = 8  # K.
@@ -183,24 +197,66 @@ def _thumbnail(image: Image.Image, max_side: int) -> bytes:
   return buffer.getvalue()
 
 
-def add_extract_flags(parser: argparse.ArgumentParser) -> None:
-  """The extraction flags shared by this CLI and preprocessing.build."""
-  d = ExtractConfig()
-  g = parser.add_argument_group("faces")
-  g.add_argument("--num_frames", type=int, default=None,
-                 help=f"T sampled steps per clip (default {d.num_frames}; with --from_features: "
-                      f"the most steps of any clip)")
-  g.add_argument("--fps", type=float, default=None,
-                 help="sample at this rate (the authors: 1) and pad/truncate to T, instead of "
-                      "T uniform steps")
-  g.add_argument("--max_faces", type=int, default=d.max_faces, help="K face slots per step")
-  g.add_argument("--face_size", type=int, default=d.face_size, help="S, crop side in pixels")
-  g.add_argument("--face_margin", type=float, default=d.face_margin)
-  g.add_argument("--jpeg_quality", type=int, default=d.jpeg_quality)
-  g.add_argument("--detect_max_side", type=int, default=d.detect_max_side,
-                 help="detect on a view with this longer side (crops stay full resolution)")
-  g.add_argument("--min_face_size", type=int, default=d.min_face_size)
-  g.add_argument("--min_face_prob", type=float, default=d.min_face_prob)
+def make_extract_config(config: ExtractConfig, text: text_lib.TextSettings) -> dict[str, Any]:
+  """The JSON-serialisable `extract_config` of a build (see the module docstring)."""
+  return {**dataclasses.asdict(config),
+          **{f"text_{key}": value for key, value in text.cache_key().items()}}
+
+
+def parse_extract_config(extract_config: Mapping[str, Any]
+                         ) -> tuple[ExtractConfig, text_lib.TextSettings]:
+  """The face and text settings of an `extract_config`.
+
+  Raises ValueError naming every key it lacks or does not know (no defaults are filled in), so
+  that a clip is never extracted with settings other than the build's.
+  """
+  if not extract_config:
+    raise ValueError("extract_config is empty: the dataset does not record how its clips were "
+                     "extracted (imported with --from_features, or built before gems_meta.json "
+                     "held extract_config); rebuild it with preprocessing.build")
+  face_keys = {f.name for f in dataclasses.fields(ExtractConfig)}
+  text_keys = {f"text_{key}" for key in text_lib.TextSettings().cache_key()}
+  unknown = sorted(set(extract_config) - face_keys - text_keys)
+  missing = sorted((face_keys | text_keys) - set(extract_config))
+  if unknown or missing:
+    raise ValueError(f"extract_config: unknown keys {unknown}, missing keys {missing}")
+  try:
+    config = ExtractConfig(**{key: extract_config[key] for key in face_keys})
+    text = text_lib.TextSettings(**{key[len("text_"):]: extract_config[key] for key in text_keys})
+  except TypeError as e:  # A value of the wrong type, e.g. a string for num_frames.
+    raise ValueError(f"extract_config: {e}") from e
+  return config, text
+
+
+def extract_clip(video_path: str | os.PathLike, description: str,
+                 extract_config: Mapping[str, Any], thumb_size: int = 480, *,
+                 device: str = "cpu", detect_batch: int = 1) -> dict[str, Any]:
+  """The record of one clip, extracted as the build that wrote `extract_config` extracted its own.
+
+  Returns the contract example without labels plus `frame_jpegs` and `frame_size` (module
+  docstring). Raises video.VideoError for an unreadable video and ValueError for a bad
+  `extract_config` or a text encoder that does not load.
+  """
+  config, text = parse_extract_config(extract_config)
+  path = pathlib.Path(video_path)
+  record = ClipExtractor(config, device, detect_batch=detect_batch).extract(path, thumb_size)
+  del record["num_faces"], record["steps_with_faces"]  # Build-report statistics.
+  parts = text_lib.split_description(description)
+  if description.strip():
+    encoder = text_lib.TextEncoder(text.encoder, text.pooling, text.max_length, text.batch_size,
+                                   device)
+    embedding, mask = (a[0] for a in encoder.encode_parts([parts]))
+  else:
+    dim = text_lib.encoder_dim(text.encoder)
+    embedding, mask = np.zeros((len(parts), dim), np.float32), np.zeros(len(parts), bool)
+  record.update(clip_id=path.stem, source_video=labels.source_video(path.stem),
+                description=description, text_embedding=embedding, text_mask=mask)
+  return record
+
+
+def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
+  """Flags that never change the extracted data, shared by this CLI and preprocessing.build."""
+  g = parser.add_argument_group("run time (never changes the data)")
   g.add_argument("--device", default="cpu", help="torch device for MTCNN and the text encoder")
   g.add_argument("--detect_batch", type=int, default=1,
                  help="frames per MTCNN call: 1 is fastest on a CPU (BENCHMARKS.md); on a GPU "
@@ -208,54 +264,41 @@ def add_extract_flags(parser: argparse.ArgumentParser) -> None:
   g.add_argument("--torch_threads", type=int, default=1,
                  help="torch threads per extracting process: MTCNN gains little from more, and a "
                       "free core lets video decoding overlap detection")
-  t = parser.add_argument_group("text")
-  t.add_argument("--text_encoder", default="roberta-base",
-                 help="local Hugging Face folder, 'pkg:<module>' or a hub id")
-  t.add_argument("--text_pooling", choices=("mean", "cls"), default="mean")
-  t.add_argument("--text_max_length", type=int, default=128)
-  t.add_argument("--text_batch_size", type=int, default=32)
 
 
-def config_from_flags(args: argparse.Namespace) -> ExtractConfig:
-  return ExtractConfig(num_frames=args.num_frames or ExtractConfig.num_frames,
-                       sample_fps=args.fps, max_faces=args.max_faces, face_size=args.face_size,
-                       face_margin=args.face_margin, jpeg_quality=args.jpeg_quality,
-                       detect_max_side=args.detect_max_side, min_face_size=args.min_face_size,
-                       min_face_prob=args.min_face_prob)
+def _read_json_object(path: str) -> dict[str, Any]:
+  try:
+    with open(path, encoding="utf-8") as f:
+      value = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"--extract_config {path}: {e}") from e
+  if not isinstance(value, dict):
+    raise ValueError(f"--extract_config {path}: expected a JSON object, got {type(value).__name__}")
+  return value
 
 
 def main(argv: list[str] | None = None) -> int:
   os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
   os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-  from preprocessing import text as text_lib  # transformers: only where text is encoded.
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument("--video", required=True)
   parser.add_argument("--description", default="", help="the clip's scene description")
+  parser.add_argument("--extract_config", required=True,
+                      help="JSON file holding a dataset's extract_config (gems_meta.json)")
   parser.add_argument("--out", required=True, help="output .npz")
   parser.add_argument("--thumb_size", type=int, default=480,
                       help="longer side of the sampled-frame JPEGs in the output")
-  add_extract_flags(parser)
+  add_runtime_flags(parser)
   args = parser.parse_args(argv)
-  path = pathlib.Path(args.video)
   torch.set_num_threads(args.torch_threads)
   try:
-    extractor = ClipExtractor(config_from_flags(args), args.device, detect_batch=args.detect_batch)
-    record = extractor.extract(path, args.thumb_size)
-  except video.VideoError as e:
+    record = extract_clip(args.video, args.description, _read_json_object(args.extract_config),
+                          args.thumb_size, device=args.device, detect_batch=args.detect_batch)
+  except (ValueError, video.VideoError) as e:  # One line: the caller shows the last one.
     print(f"error: {e}", file=sys.stderr)
     return 2
-  parts = text_lib.split_description(args.description)
-  if args.description.strip():
-    encoder = text_lib.TextEncoder(args.text_encoder, args.text_pooling, args.text_max_length,
-                                   args.text_batch_size, args.device)
-    embedding, mask = (a[0] for a in encoder.encode_parts([parts]))
-  else:
-    dim = text_lib.encoder_dim(args.text_encoder)
-    embedding, mask = np.zeros((len(parts), dim), np.float32), np.zeros(len(parts), bool)
-  record.update(clip_id=path.stem, source_video=labels.source_video(path.stem),
-                description=args.description, text_embedding=embedding, text_mask=mask)
-  cache.save(args.out, record)
+  npz_records.save(args.out, record)
   return 0
 
 

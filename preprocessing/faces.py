@@ -6,7 +6,7 @@
     jpegs = crop_faces(full_image, boxes[keep] / scale, size=224, margin=0.2, quality=90)
 
 MTCNN's weights ship inside the facenet-pytorch wheel, so nothing downloads. Detection runs one
-frame per call: on CPU that is faster than MTCNN's batched mode (perf_anchors.md §5), and on a
+frame per call: on CPU that is faster than MTCNN's batched mode (measured in BENCHMARKS.md), and on a
 GPU the per-frame cost is small anyway. Crops come from the full-resolution frame, so a face
 detected on a 960-px view keeps all its pixels.
 """

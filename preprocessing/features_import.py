@@ -8,7 +8,7 @@
     record = load_clip_features(layout["train"], "70_25", num_frames=96)
 
 Step files are ordered by the numbers in their names (`2.npy` before `10.npy`, `frame_9` before
-`frame_10`), not lexicographically as the authors' loader did (gems_reference.md §1.2), so steps
+`frame_10`), not lexicographically as the authors' loader did (their `run.py:794`), so steps
 stay in time order. A clip with more than T steps keeps the first T; fewer are padded (step_mask
 False). Each real step fills face slot 0: face_mask True, track 0, score 1.0 (the detector score is
 not in the layout), box 0 (unknown); frame_index is the step number. A missing text_latent file

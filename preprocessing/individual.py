@@ -4,7 +4,7 @@
     emotion, valence, arousal, note = assign_individual_labels(rows["70_25"], frame_index,
                                                                face_boxes, face_mask)
 
-CSV header: clip_id,frame,x1,y1,x2,y2,emotion,valence,arousal (`.plan/data_contract.md`); frame
+CSV header: clip_id,frame,x1,y1,x2,y2,emotion,valence,arousal (the schema in `gems_jax/data/spec.py`); frame
 is the 0-based decoded-frame index, the box is in original frame pixels; an empty emotion,
 valence or arousal cell means unlabelled (-1 / NaN).
 

@@ -6,7 +6,7 @@
     annotations.errors                                     # clip_id -> reason (row not usable)
     check_split_leaks({c: l.split for c, l in annotations.labels.items()})
 
-Two CSV layouts are read (`.plan/data_contract.md`):
+Two CSV layouts are read (the schema in `gems_jax/data/spec.py`):
   ours:      clip_id,split,group_emotion,group_category,valence,arousal,
              situational_emotion,situation
              (situational_emotion: ';'-separated class indices, one or more)

@@ -4,7 +4,7 @@
       [--frames_per_clip 40 --width 640 --height 360 --fps 10 --crf 20 --workers N]
 
 The world and its label rules are documented in docs/synthetic_world.md; the output layout in
-preprocessing/synthetic/dataset.py and .plan/data_contract.md.
+preprocessing/synthetic/dataset.py and gems_jax/data/spec.py.
 """
 import argparse
 import json

@@ -1,8 +1,8 @@
 """The stages of a dataset build from raw clips: text, faces (multi-process), write.
 
-    work = WorkDirs.create(data_dir, extract_config, text_settings)
+    work = WorkDirs.create(data_dir, face_config, text_settings)   # ExtractConfig, TextSettings
     dim = run_text_stage(clips, descriptions, work, text_settings, device, report)
-    run_face_stage(jobs, work, extract_config, report, device=..., workers=...)
+    run_face_stage(jobs, work, face_config, report, device=..., workers=...)
     write_stage(data_dir, spec, report, load_example)      # -> TFDS ArrayRecord dataset
 
 Caches live in `<data_dir>/_work/faces-<hash>/<clip_id>.npz` and `_work/text-<hash>/<clip_id>.npz`,
@@ -27,25 +27,15 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 from tqdm import tqdm
 
+from gems_jax.data import npz_records
 from gems_jax.data import spec as spec_lib
 from gems_jax.data import tfds_writer
-from preprocessing import cache, extract, video
+from preprocessing import extract, text as text_lib, video
 from preprocessing.report import BuildReport
 
 VIDEO_SUFFIXES = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .flv .wmv .3gp .ogv .mxf .vob "
     ".y4m .h264 .264 .h265 .265 .hevc".split())
-
-
-@dataclasses.dataclass(frozen=True)
-class TextSettings:
-  encoder: str = "roberta-base"
-  pooling: str = "mean"
-  max_length: int = 128
-  batch_size: int = 32  # Not part of the cache key: it does not change the embeddings.
-
-  def cache_key(self) -> dict[str, Any]:
-    return {"encoder": self.encoder, "pooling": self.pooling, "max_length": self.max_length}
 
 
 def _hash(settings: Mapping[str, Any]) -> str:
@@ -59,7 +49,7 @@ class WorkDirs:
 
   @classmethod
   def create(cls, data_dir: str | os.PathLike, config: extract.ExtractConfig,
-             text: TextSettings) -> WorkDirs:
+             text: text_lib.TextSettings) -> WorkDirs:
     root = pathlib.Path(data_dir) / "_work"
     face_settings, text_settings = dataclasses.asdict(config), text.cache_key()
     dirs = cls(root / f"faces-{_hash(face_settings)}", root / f"text-{_hash(text_settings)}")
@@ -100,9 +90,8 @@ def discover_videos(folder: str | os.PathLike, clip_ids: Iterable[str]
 
 
 def run_text_stage(clip_ids: list[str], descriptions: Mapping[str, str], work: WorkDirs,
-                   settings: TextSettings, device: str, report: BuildReport) -> int:
+                   settings: text_lib.TextSettings, device: str, report: BuildReport) -> int:
   """Encodes the descriptions of clips whose text cache is missing or stale; returns D."""
-  from preprocessing import text as text_lib  # transformers: only imported by this stage.
   dim = text_lib.encoder_dim(settings.encoder)
   pending = []
   for clip_id in clip_ids:
@@ -110,7 +99,7 @@ def run_text_stage(clip_ids: list[str], descriptions: Mapping[str, str], work: W
     path = work.text_file(clip_id)
     if path.exists():
       try:
-        if cache.load(path)["description"] == description:
+        if npz_records.load(path)["description"] == description:
           continue
       except ValueError:
         pass  # Unreadable: recompute.
@@ -129,8 +118,9 @@ def run_text_stage(clip_ids: list[str], descriptions: Mapping[str, str], work: W
       embedding = np.zeros((len(batch), len(text_lib.PART_NAMES), dim), np.float32)
       mask = np.zeros((len(batch), len(text_lib.PART_NAMES)), bool)
     for i, (clip_id, description) in enumerate(batch):
-      cache.save(work.text_file(clip_id), {"description": description,
-                                           "text_embedding": embedding[i], "text_mask": mask[i]})
+      npz_records.save(work.text_file(clip_id), {"description": description,
+                                                 "text_embedding": embedding[i],
+                                                 "text_mask": mask[i]})
     report.text_encoded += sum(1 for _, d in batch if d.strip())
   return dim
 
@@ -158,7 +148,7 @@ def _extract_one(clip_id: str, path: str, out_path: str) -> tuple[str, dict | No
     return clip_id, None, f"extraction failed: {type(e).__name__}: {e}"
   stats = {"faces": record.pop("num_faces"), "steps_with_faces": record.pop("steps_with_faces"),
            "steps": int(record["step_mask"].sum())}
-  cache.save(out_path, record)
+  npz_records.save(out_path, record)
   stats["seconds"] = round(time.perf_counter() - start, 3)
   return clip_id, stats, None
 

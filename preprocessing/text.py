@@ -4,6 +4,7 @@
     parts = split_description(descriptions["70_25"])          # (scene, background, event)
     encoder = TextEncoder("roberta-base", pooling="mean", max_length=128, batch_size=32)
     emb, mask = encoder.encode_parts([parts])                 # float32 [1, 3, 768], bool [1, 3]
+    TextSettings("roberta-base", "mean", 128).cache_key()     # the settings that change `emb`
 
 The video-LLM descriptions (GEMS: MiniCPM-V-2.6) read "<scene>. Background: <...>. Event: <...>".
 The part before the first marker is the scene, each marker's text runs to the next marker; the
@@ -19,12 +20,13 @@ Texts longer than `max_length` tokens are truncated (explicitly, `truncation=Tru
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
 import pathlib
 import re
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +34,19 @@ import torch
 PART_NAMES = ("scene", "background", "event")
 _MARKER_RE = re.compile(r"[*_#\s]*\b(Background|BACKGROUND|Event|EVENT)\b\s*[*_]*\s*:\s*[*_]*")
 POOLINGS = ("mean", "cls")
+
+
+@dataclasses.dataclass(frozen=True)
+class TextSettings:
+  """How a build encodes descriptions (the arguments of `TextEncoder` but the device)."""
+  encoder: str = "roberta-base"
+  pooling: str = "mean"
+  max_length: int = 128
+  batch_size: int = 32  # Not part of the cache key: it does not change the embeddings.
+
+  def cache_key(self) -> dict[str, Any]:
+    """The settings that change the embeddings: they name the text cache folder of a build."""
+    return {"encoder": self.encoder, "pooling": self.pooling, "max_length": self.max_length}
 
 
 def split_description(text: str) -> tuple[str, str, str]:

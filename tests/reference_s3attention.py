@@ -2,7 +2,7 @@
 
 Independent of gems_jax.models.s3attention: explicit DFT sums instead of FFTs, the paper's segment
 matrix S, selection matrices P1 (tokens) and P2 (features), an explicit loop over the conv taps and
-over heads. Formulas: reference/gems_reference.md §3.3 (authors' code) and §5.1 (paper, eq. 1-4).
+over heads. Formulas: the authors' `Attention.forward` (GEMS run.py:112-201) and the paper (§3, eq. 1-4).
 """
 import numpy as np
 

@@ -163,7 +163,7 @@ def test_encoder_layer_gradients_match_finite_differences():
 
 
 def test_delay_count_and_configuration_errors():
-  assert num_delays(96, 1) == 4 and num_delays(96, 3) == 13  # gems_reference.md §6.1
+  assert num_delays(96, 1) == 4 and num_delays(96, 3) == 13  # Autoformer: top-k = factor * ln(N)
   assert num_delays(2, 1) == 1
   x = jnp.zeros((1, 8, 4))
   with pytest.raises(ValueError, match="kernel_size=4"):

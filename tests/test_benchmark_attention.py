@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from gems_jax.benchmarks.attention import merge_rounds, scaling_exponent, summarise
+from benchmarks.attention import merge_rounds, scaling_exponent, summarise
 
 
 def _record(method, n, mode, times, rss=100.0, status="ok"):

@@ -1,12 +1,13 @@
-"""Dataset spec, validation, the TFDS ArrayRecord writer and the planted generator."""
+"""Dataset spec, validation, the TFDS ArrayRecord writer, the npz codec, the planted generator."""
 import io
+import json
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from gems_jax.data import input_pipeline, planted, tfds_writer
+from gems_jax.data import input_pipeline, npz_records, planted, tfds_writer
 from gems_jax.data import spec as spec_lib
 
 
@@ -42,6 +43,20 @@ def test_spec_json_roundtrip_and_unknown_key():
     spec_lib.DatasetSpec.from_json(spec.to_json().replace('"num_frames"', '"num_frame"'))
   with pytest.raises(ValueError, match="embed_dim"):
     spec_lib.DatasetSpec(name="x", num_frames=2, max_faces=1, text_dim=4, storage="embeddings")
+
+
+def test_spec_extract_config_round_trips_and_old_meta_files_load():
+  config = {"num_frames": 5, "mtcnn_thresholds": (0.6, 0.7, 0.7), "text_encoder": "pkg:x"}
+  spec = planted.planted_spec(num_frames=5, extract_config=config)
+  assert spec.extract_config["mtcnn_thresholds"] == [0.6, 0.7, 0.7]  # As JSON holds it.
+  assert spec_lib.DatasetSpec.from_json(spec.to_json()) == spec
+  old = json.loads(spec.to_json())
+  del old["extract_config"]  # gems_meta.json of a build before the field existed.
+  assert spec_lib.DatasetSpec.from_json(json.dumps(old)).extract_config == {}
+  with pytest.raises(ValueError, match="extract_config.*num_frames"):
+    planted.planted_spec(num_frames=4, extract_config=config)
+  with pytest.raises(ValueError, match="JSON-serialisable"):
+    planted.planted_spec(extract_config={"num_frames": object()})
 
 
 def test_roundtrip_every_key_per_clip(written):
@@ -145,6 +160,20 @@ def test_validation_errors_name_key_and_values():
     spec_lib.validate_example(_break(good_crops, "faces", wrong_size), crops)
   with pytest.raises(ValueError, match="'face_embedding'.*unexpected"):
     spec_lib.validate_example(_break(good_crops, "face_embedding", np.zeros(3)), crops)
+
+
+def test_npz_records_round_trip_is_exact_and_atomic(tmp_path):
+  faces = np.full((2, 3), b"", dtype=object)
+  faces[0, 1], faces[1, 0] = b"\xff\xd8jpeg\x00bytes\xff\xd9", b"\x00"
+  record = {"faces": faces, "clip_id": "70_1", "boxes": np.arange(6, dtype=np.float32)}
+  npz_records.save(tmp_path / "x.npz", record)
+  back = npz_records.load(tmp_path / "x.npz")
+  assert back["faces"].tolist() == faces.tolist() and back["clip_id"] == "70_1"
+  np.testing.assert_array_equal(back["boxes"], record["boxes"])
+  assert [p.name for p in tmp_path.iterdir()] == ["x.npz"]
+  (tmp_path / "bad.npz").write_bytes(b"garbage")
+  with pytest.raises(ValueError, match="bad.npz"):
+    npz_records.load(tmp_path / "bad.npz")
 
 
 def test_writer_is_atomic_and_checks_splits(tmp_path):

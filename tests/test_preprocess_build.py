@@ -9,12 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from gems_jax.data import input_pipeline
-from preprocessing import build, cache
+from gems_jax.data import input_pipeline, npz_records
+from gems_jax.data import spec as spec_lib
+from preprocessing import build, extract
+from preprocessing import text as text_lib
 from preprocessing.random_text_encoder import write_random_roberta
 
 HEADER = "clip_id,split,group_emotion,group_category,valence,arousal,situational_emotion,situation"
 FLAGS = ["--num_frames", "8", "--detect_max_side", "960"]
+LABEL_KEYS = {"individual_emotion", "individual_valence", "individual_arousal", "group_emotion",
+              "group_category", "valence", "arousal", "situational_emotion", "situation"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -111,7 +115,8 @@ def test_round_trip_through_the_input_pipeline(built):
   assert (spec.num_frames, spec.max_faces, spec.face_size, spec.text_dim) == (8, 8, 224, 24)
   for split, clip_id in (("train", "70_1"), ("val", "76_1")):
     batch = next(input_pipeline.iterate_split_once(data_dir, split, batch_size=1))
-    faces, text = cache.load(work / f"{clip_id}.npz"), cache.load(text_work / f"{clip_id}.npz")
+    faces = npz_records.load(work / f"{clip_id}.npz")
+    text = npz_records.load(text_work / f"{clip_id}.npz")
     assert batch["clip_id"][0] == clip_id and batch["valid"].tolist() == [True]
     for key in ("frame_index", "step_mask", "face_boxes", "face_scores", "face_track",
                 "face_mask"):
@@ -128,11 +133,35 @@ def test_round_trip_through_the_input_pipeline(built):
   assert np.all(train["individual_emotion"] == -1)
 
 
+def test_stored_extract_config_repeats_the_build_on_a_clip(built, raw, encoder):
+  """gems_meta.json's extract_config holds the build's settings, and extract_clip with it gives the
+  example the dataset holds (the predict tool relies on this)."""
+  data_dir, _ = built
+  dataset_dir = input_pipeline.resolve_dataset_dir(data_dir)
+  spec = input_pipeline.load_spec(data_dir)
+  meta = json.loads((dataset_dir / spec_lib.META_FILENAME).read_text())
+  expected = extract.make_extract_config(extract.ExtractConfig(num_frames=8, detect_max_side=960),
+                                         text_lib.TextSettings(encoder))
+  assert meta["extract_config"] == spec.extract_config == json.loads(json.dumps(expected))
+  batch = next(input_pipeline.iterate_split_once(data_dir, "train", batch_size=1))
+  record = extract.extract_clip(raw / "videos" / "70_1.mp4", batch["description"][0],
+                                spec.extract_config, thumb_size=64)
+  assert sorted(record) == sorted(
+      set(spec_lib.example_keys(spec)) - LABEL_KEYS | {"frame_jpegs", "frame_size"})
+  for key in ("frame_index", "step_mask", "face_boxes", "face_scores", "face_track", "face_mask",
+              "text_mask"):
+    np.testing.assert_array_equal(record[key], batch[key][0], err_msg=key)
+  np.testing.assert_allclose(record["text_embedding"], batch["text_embedding"][0], atol=1e-5)
+  for t, k in zip(*np.nonzero(record["face_mask"])):
+    pixels = np.asarray(Image.open(io.BytesIO(record["faces"][t, k])).convert("RGB"))
+    np.testing.assert_array_equal(batch["faces"][0, t, k], pixels)
+
+
 def test_rerun_reuses_the_cache_and_joins_new_labels(built, raw, encoder):
   data_dir, _ = built
   cached = {p: p.stat().st_mtime_ns for p in (data_dir / "_work").glob("*/*.npz")}
-  faces = cache.load(next(p for p in cached if p.parent.name.startswith("faces-")
-                          and p.stem == "70_1"))
+  faces = npz_records.load(next(p for p in cached if p.parent.name.startswith("faces-")
+                                and p.stem == "70_1"))
   t = int(np.argmax(faces["face_mask"].sum(1)))
   box = faces["face_boxes"][t, 0]
   individual = raw / "individual.csv"

@@ -1,6 +1,7 @@
 """Decoding, sampling, MTCNN faces, crops and tracks on the real clip and on damaged copies."""
 import dataclasses
 import io
+import json
 
 import av
 import numpy as np
@@ -8,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from preprocessing import cache, extract, faces, tracking, video
+from gems_jax.data import npz_records
+from preprocessing import extract, faces, text, tracking, video
 
 T = 8
 
@@ -217,19 +219,27 @@ def test_tracker_follows_moving_faces_and_retires_lost_tracks():
   assert late[0] not in first
 
 
-def test_extract_cli_writes_example_without_labels(real_clip, tmp_path):
-  out = tmp_path / "clip.npz"
-  status = extract.main(["--video", str(real_clip), "--out", str(out), "--num_frames", "3",
-                         "--detect_max_side", "480", "--thumb_size", "160",
-                         "--text_encoder", str(_tiny_encoder(tmp_path))])
-  assert status == 0
-  record = cache.load(out)
+def test_extract_cli_writes_example_without_labels(real_clip, tmp_path, capsys):
+  out, config_file = tmp_path / "clip.npz", tmp_path / "extract_config.json"
+  config = extract.make_extract_config(extract.ExtractConfig(num_frames=3, detect_max_side=480),
+                                       text.TextSettings(str(_tiny_encoder(tmp_path))))
+  config_file.write_text(json.dumps(config))
+  common = ["--out", str(out), "--extract_config", str(config_file)]
+  assert extract.main(["--video", str(real_clip), "--thumb_size", "160", *common]) == 0
+  record = npz_records.load(out)
   assert record["clip_id"] == "crowd_4s" and record["source_video"] == "crowd"
   assert record["text_embedding"].shape == (3, 16) and not record["text_mask"].any()
   assert "group_emotion" not in record and record["face_mask"].any()
+  assert record["faces"].shape == (3, 8) and record["frame_size"].tolist() == [1920, 1080]
   with Image.open(io.BytesIO(record["frame_jpegs"][0])) as thumb:
     assert max(thumb.size) == 160
-  assert extract.main(["--video", str(tmp_path / "missing.mp4"), "--out", str(out)]) == 2
+  capsys.readouterr()
+  assert extract.main(["--video", str(tmp_path / "missing.mp4"), *common]) == 2
+  assert "missing.mp4" in capsys.readouterr().err.strip().splitlines()[-1]
+  config_file.write_text(json.dumps({**config, "num_frame": 3}))
+  assert extract.main(["--video", str(real_clip), *common]) == 2
+  last = capsys.readouterr().err.strip().splitlines()[-1]
+  assert last.startswith("error:") and "unknown keys ['num_frame']" in last
 
 
 def _tiny_encoder(folder):

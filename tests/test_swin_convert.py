@@ -12,6 +12,7 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from gems_jax.models import swin  # noqa: E402
 from gems_jax.tools import convert_swin  # noqa: E402
+from gems_jax.training import checkpointing  # noqa: E402
 
 SMALL = dict(img_size=64, window_size=4, embed_dim=32, depths=(2, 2), num_heads=(2, 4),
              num_classes=7)
@@ -136,11 +137,11 @@ def test_files_and_cli_round_trip(small_state_dict, tmp_path, suffix):
   jax.tree.map(np.testing.assert_array_equal, variables, direct)
 
   out_dir = tmp_path / "converted"
-  convert_swin.save_converted(out_dir, name, variables, {**kwargs, "num_classes": 7})
-  config = json.loads((out_dir / convert_swin.CONFIG_FILE).read_text())
+  checkpointing.save_converted(out_dir, name, variables, {**kwargs, "num_classes": 7})
+  config = json.loads((out_dir / checkpointing.SWIN_CONFIG).read_text())
   assert config == {"model_name": name, "kwargs": {**kwargs, "depths": [2, 2], "num_heads": [2, 4],
                                                    "num_classes": 7}}
-  restored_module, restored = convert_swin.restore_converted(out_dir)
+  restored_module, restored = checkpointing.restore_converted(out_dir)
   assert restored_module.num_classes == module.num_classes
   jax.tree.map(np.testing.assert_array_equal, restored, variables)
 
@@ -153,7 +154,7 @@ def test_cli_writes_orbax_checkpoint(tmp_path, capsys):
   convert_swin.main(["--model", name, "--checkpoint", str(tmp_path / "t.pth"),
                      "--out", str(tmp_path / "out")])
   assert "num_classes=3" in capsys.readouterr().out
-  module, variables = convert_swin.restore_converted(tmp_path / "out")
+  module, variables = checkpointing.restore_converted(tmp_path / "out")
   assert module.num_classes == 3 and module.embed_dim == 96
   np.testing.assert_array_equal(variables["params"]["layers_2"]["blocks_5"]["attn"]["qkv"]["kernel"],
                                 state["layers.2.blocks.5.attn.qkv.weight"].numpy().T)

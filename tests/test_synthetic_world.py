@@ -4,6 +4,10 @@ import collections
 import csv
 import hashlib
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import av
 import numpy as np
@@ -172,6 +176,63 @@ def test_same_seed_same_dataset_other_seed_different(tmp_path):
   assert a[0]["annotations.csv"] != c[0]["annotations.csv"]
   assert a[0]["individual.csv"] != c[0]["individual.csv"]
   assert set(a[1].values()).isdisjoint(c[1].values())
+
+
+# Run by test_mp4_bytes_do_not_depend_on_leftover_memory in a fresh interpreter: the first byte of a new
+# malloc block (to check that MALLOC_PERTURB_ works here), then the sha256 of write_mp4's bytes per clip.
+_ENCODE_CLIPS = """
+import ctypes, hashlib, pathlib, sys
+import numpy as np
+from preprocessing.synthetic import dataset
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+block = libc.malloc(100000)
+print(ctypes.string_at(block, 1)[0])
+libc.free(ctypes.c_void_p(block))
+for clip in sys.argv[1:]:
+  mp4 = pathlib.Path(clip).with_suffix(".mp4")
+  dataset.write_mp4(mp4, np.load(clip), 10)
+  print(hashlib.sha256(mp4.read_bytes()).hexdigest())
+"""
+
+
+def test_mp4_bytes_do_not_depend_on_leftover_memory(tmp_path):
+  """write_mp4 gives the same bytes whatever the process had in memory before. glibc's MALLOC_PERTURB_=N
+  fills every new malloc block with the byte N ^ 255, so an encoder that reads memory it never wrote gives
+  other bytes for another N, every time (no timing involved). This is how x264's AVX-512 macroblock-tree
+  over-read (see dataset.x264_options) showed: without the fix, the first clip below changes for N = 85
+  and 170. The clips are those of the seed-7 set below (320 px wide, mbtree off) and one at the default
+  640 px (mbtree on)."""
+  video = dataset.VideoFormat(width=320, height=180, frames_per_clip=6)
+  specs = [spec for spec, _ in dataset.plan_dataset(3, 7, video)]
+  specs += [spec for spec, _ in dataset.plan_dataset(1, 7, dataset.VideoFormat(frames_per_clip=6))]
+  clips = []
+  for i, spec in enumerate(specs):
+    clips.append(str(tmp_path / f"clip{i}.npy"))
+    np.save(clips[-1], world.make_clip(spec).frames)
+  root = str(pathlib.Path(__file__).resolve().parents[1])
+  hashes = {}
+  for perturb in (None, 85, 170):
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_PERTURB_"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    if perturb is not None:
+      env["MALLOC_PERTURB_"] = str(perturb)
+    run = subprocess.run([sys.executable, "-c", _ENCODE_CLIPS, *clips], env=env, cwd=root,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.split()
+    if perturb is not None and int(lines[0]) != perturb ^ 255:
+      pytest.skip("MALLOC_PERTURB_ has no effect here (not glibc malloc)")
+    hashes[perturb] = lines[1:]
+  assert len(hashes[None]) == len(specs)
+  assert hashes[85] == hashes[None] and hashes[170] == hashes[None]
+
+
+def test_x264_options_keep_mbtree_only_on_whole_8_macroblock_rows():
+  assert "mbtree" not in dataset.x264_options(640, 20)                 # 40 macroblocks: default size
+  assert "mbtree" not in dataset.x264_options(632, 20)                 # 40 (the last one partly filled)
+  assert dataset.x264_options(320, 20)["mbtree"] == "0"                # 20
+  assert dataset.x264_options(624, 20)["mbtree"] == "0"                # 39
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

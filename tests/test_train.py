@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from configs import gems as gems_config
+from gems_jax import tasks
 from gems_jax import train
 from gems_jax.data import input_pipeline
 from gems_jax.data import planted
@@ -79,7 +80,8 @@ def test_same_step_on_one_device_and_on_eight(planted_dir, data, fsdp):
   config.model.fusion.d_model = 64  # Kernels large enough for fsdp to shard some of them.
   it = input_pipeline.make_iterator(planted_dir, "train", batch_size=16, shuffle=False, seed=0,
                                     num_epochs=1)
-  batch, _ = train.prepare_batch(config, next(iter(it)))
+  spec = input_pipeline.load_spec(planted_dir)
+  batch, _ = tasks.get_task(config, spec).prepare_batch(next(iter(it)))
   one = _one_step(config, shd.make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1]), batch)
   many = _one_step(config, shd.make_mesh({"data": data, "fsdp": fsdp}), batch)
   np.testing.assert_allclose(one[0]["loss"], many[0]["loss"], rtol=1e-5)
@@ -101,8 +103,8 @@ def test_kill_and_resume_gives_the_same_parameters(planted_dir, tmp_path, monkey
   original_init = train.Trainer._compile
   calls = {"n": 0}
 
-  def compile_with_crash(self, state):
-    original_init(self, state)
+  def compile_with_crash(self):
+    original_init(self)
     step = self.train_step
 
     def crashing_step(*args):
@@ -155,3 +157,84 @@ def test_masked_mean_and_positions_match_numpy():
   t, i = 3, 2
   np.testing.assert_allclose(pe[t, 2 * i], np.sin(t * 10000 ** (-2 * i / 6)), rtol=1e-5)
   np.testing.assert_allclose(pe[t, 2 * i + 1], np.cos(t * 10000 ** (-2 * i / 6)), rtol=1e-5)
+
+
+def _final_steps(workdir) -> dict[str, int]:
+  rows = [json.loads(line) for line in open(pathlib.Path(workdir) / "metrics.jsonl")]
+  return {r["split"]: r["step"] for r in rows if r["split"].startswith("final_")}
+
+
+def test_eval_mode_reads_the_checkpoint_it_is_asked_for(planted_dir, tmp_path):
+  # A learning rate of 0 gives the same score at every evaluation: only the first one improves,
+  # so best (epoch 1) and latest (epoch 3) differ.
+  config = small_config(planted_dir, **{"train.num_epochs": 3, "optim.learning_rate": 0.0,
+                                        "optim.schedule": "constant"})
+  train.train_and_evaluate(config, str(tmp_path))
+  steps_per_epoch = -(-input_pipeline.num_examples(planted_dir, "train") // 16)
+  for which, step in (("latest", 3 * steps_per_epoch), ("best", steps_per_epoch)):
+    out = tmp_path / f"eval_{which}"
+    out.mkdir()
+    for name in ("checkpoints", "best", "config.json"):
+      (out / name).symlink_to(tmp_path / name)
+    results = train.evaluate_checkpoint(config, str(out), which=which, splits=["val"])
+    assert set(results) == {"val"}
+    assert _final_steps(out) == {"final_val": step}, which
+  with pytest.raises(ValueError, match="checkpoint must be one of"):
+    train.evaluate_checkpoint(config, str(tmp_path), which="newest")
+
+
+def test_main_eval_mode_on_the_command_line(planted_dir, tmp_path):
+  import subprocess
+  import sys
+  config = small_config(planted_dir, **{"train.num_epochs": 1})
+  train.train_and_evaluate(config, str(tmp_path))
+  proc = subprocess.run(
+      [sys.executable, "-m", "gems_jax.main", "--config=configs/gems.py:runlocal",
+       f"--config.input.data_dir={planted_dir}", "--config.input.batch_size=16",
+       "--config.eval.batch_size=16", f"--workdir={tmp_path}", "--mode=eval",
+       "--checkpoint=latest", "--eval_splits=test"],
+      cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "latest checkpoint" in proc.stderr
+  assert proc.stderr.count("orbax") < 5, proc.stderr  # Progress and results, not library chatter.
+
+
+def test_authors_variant_forecasts_the_step_after_the_input(planted_dir):
+  config = gems_config.get_config("runlocal,variant=authors")
+  config.input.data_dir = planted_dir
+  config.input.num_steps = 5  # The planted clips have 8 steps: step 5 exists and is the target.
+  spec = input_pipeline.load_spec(planted_dir)
+  task = tasks.get_task(config, spec)
+  it = input_pipeline.make_iterator(planted_dir, "train", batch_size=4, shuffle=False, seed=0,
+                                    num_epochs=1)
+  raw = next(iter(it))
+  batch, _ = task.prepare_batch(raw)
+  assert batch["step_mask"].shape[1] == 6  # N input steps + the target step.
+  variables = task.model.init(jax.random.key(0), jax.tree.map(jnp.asarray, batch))
+  outputs = task.model.apply(variables, jax.tree.map(jnp.asarray, batch))
+  faces = raw["face_embedding"][:, 5]
+  mask = raw["face_mask"][:, 5, :, None]
+  frame = (faces * mask).sum(1) / np.maximum(mask.sum(1), 1)
+  text = (raw["text_embedding"] * raw["text_mask"][..., None]).reshape(4, -1)
+  np.testing.assert_allclose(outputs["forecast_target"][:, 0], np.concatenate([frame, text], -1),
+                             rtol=1e-5, atol=1e-6)
+  chex.assert_shape(outputs["forecast"], (4, 6, frame.shape[-1] + text.shape[-1]))
+  total, terms = task.loss(outputs, {**batch, "valid": np.ones(4, bool)})
+  # The authors' sum: no individual-emotion terms, the forecast MSE included.
+  expected = sum(v for k, v in terms.items() if not k.startswith("individual"))
+  np.testing.assert_allclose(total, expected, rtol=1e-6)
+
+
+def test_a_config_that_does_not_fit_fails_before_any_work_naming_the_key(planted_dir):
+  spec = input_pipeline.load_spec(planted_dir)  # Embeddings storage: no face crops.
+  config = small_config(planted_dir)
+  config.input.num_steps = 3  # runlocal samples 4 landmark tokens.
+  with pytest.raises(ValueError, match="num_landmark_tokens=4 exceeds config.input.num_steps=3"):
+    tasks.get_task(config, spec)
+  from configs import face_emotion
+  with pytest.raises(ValueError, match=r"needs dataset keys \['faces'\]"):
+    tasks.get_task(face_emotion.get_config("runlocal"), spec)
+  config = small_config(planted_dir)
+  config.task = "audio"
+  with pytest.raises(ValueError, match="config.task must be one of"):
+    tasks.get_task(config, spec)

@@ -5,7 +5,7 @@
     batch = next(it)           # dict of numpy arrays, leading dim = batch_size (per process)
     state = it.get_state()     # store in the checkpoint; later: it.set_state(state)
 
-Batches follow `.plan/data_contract.md`: the example keys stacked over a leading dim b, `faces`
+Batches follow the schema in `gems_jax/data/spec.py`: the example keys stacked over a leading dim b, `faces`
 decoded to uint8 [b, T, K, S, S, 3] (zeros for empty slots; dropped when decode_faces=False),
 strings as numpy object arrays (dropped when keep_strings=False), plus `valid` bool [b].
 
@@ -215,7 +215,7 @@ def make_iterator(data_dir: str | os.PathLike, split: str, *, batch_size: int,
       grain.ReadOptions(num_threads=2, prefetch_buffer_size=_PREFETCH_BATCHES))
   if worker_count > 0:
     if not flags.FLAGS.is_parsed():
-      flags.FLAGS.mark_as_parsed()  # grain workers read absl flags (see environment.md pitfall 7).
+      flags.FLAGS.mark_as_parsed()  # grain workers read absl flags (unparsed flags make them fail).
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=worker_count, per_worker_buffer_size=_PREFETCH_BATCHES))
   logging.info("input %s/%s: %d examples, shard %d/%d, %s batches of %d", dataset_dir, split,

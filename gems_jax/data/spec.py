@@ -1,9 +1,12 @@
 """The GEMS dataset schema: `DatasetSpec`, its TFDS features, and example validation.
 
-A dataset holds one example per clip (the table in `.plan/data_contract.md`). Its fixed sizes
+A dataset holds one example per clip (the keys and rules below). Its fixed sizes
 (T steps, K face slots, S-pixel crops, P text parts of D dims) and its class names live in a
 `DatasetSpec`, saved as `gems_meta.json` in the dataset's version folder: class names are dataset
-metadata, not code. Class counts are `len(names)`.
+metadata, not code. Class counts are `len(names)`. `extract_config` records how the builder
+extracted each clip (a JSON object whose keys `preprocessing.extract.extract_clip` defines), so that
+a new clip can be extracted exactly as the training data was; it is empty when unknown (a dataset
+imported from precomputed features, or a `gems_meta.json` written before the field existed).
 
 Storage modes:
   'crops'      `faces`: [T, K] JPEG byte strings (RGB, S x S; b'' for an empty slot), decoded by the
@@ -44,6 +47,9 @@ DEFAULT_GROUP_CATEGORY_NAMES = ("positive", "neutral", "negative")
 DEFAULT_SITUATIONAL_EMOTION_NAMES = tuple(f"situational_emotion_{i}" for i in range(10))
 DEFAULT_SITUATION_NAMES = tuple(f"situation_{i}" for i in range(10))
 STRING_KEYS = ("clip_id", "source_video", "description")
+# The value of an empty face slot or a padded step, per key (0 / False / b'' for the others).
+FILL_VALUES = {"frame_index": -1, "face_track": -1, "individual_emotion": -1,
+               "individual_valence": np.nan, "individual_arousal": np.nan}
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 
@@ -66,6 +72,8 @@ class DatasetSpec:
   valence_range: tuple[float, float] = (-1.0, 1.0)
   arousal_range: tuple[float, float] = (-1.0, 1.0)
   version: str = "1.0.0"  # TFDS version folder.
+  # The build's extraction settings (see the module docstring); {} = unknown. Not hashed: a dict.
+  extract_config: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
   def __post_init__(self):
     for field in ("emotion_names", "group_category_names", "situational_emotion_names",
@@ -91,6 +99,26 @@ class DatasetSpec:
     if (self.storage == "embeddings") != (self.embed_dim > 0):
       raise ValueError(f"DatasetSpec.embed_dim must be > 0 exactly when storage='embeddings'; "
                        f"got storage={self.storage!r}, embed_dim={self.embed_dim}")
+    self._check_extract_config()
+
+  def _check_extract_config(self):
+    """Keeps `extract_config` as its JSON round trip and checks the sizes it names against T, K, S.
+
+    The round trip makes a new spec equal to the one read back from gems_meta.json (tuples become
+    lists) and rejects what the file could not hold.
+    """
+    if not isinstance(self.extract_config, Mapping):
+      raise ValueError(f"DatasetSpec.extract_config must be a dict, got "
+                       f"{type(self.extract_config).__name__}")
+    try:
+      config = json.loads(json.dumps(dict(self.extract_config), allow_nan=False))
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"DatasetSpec.extract_config must be JSON-serialisable: {e}") from e
+    object.__setattr__(self, "extract_config", config)
+    for field in ("num_frames", "max_faces", "face_size"):
+      if field in config and config[field] != getattr(self, field):
+        raise ValueError(f"DatasetSpec.extract_config[{field!r}] = {config[field]!r} disagrees "
+                         f"with DatasetSpec.{field} = {getattr(self, field)!r}")
 
   @property
   def num_emotions(self) -> int:
@@ -188,10 +216,8 @@ def padding_example(spec: DatasetSpec) -> dict[str, Any]:
   out: dict[str, Any] = {key: "" for key in STRING_KEYS}
   if spec.storage == "crops":
     out["faces"] = np.full((spec.num_frames, spec.max_faces), b"", dtype=object)
-  fill = {"frame_index": -1, "face_track": -1, "individual_emotion": -1,
-          "individual_valence": np.nan, "individual_arousal": np.nan}
   for key, (shape, dtype) in array_specs(spec).items():
-    out[key] = np.full(shape, fill.get(key, 0), dtype=dtype)
+    out[key] = np.full(shape, FILL_VALUES.get(key, 0), dtype=dtype)
   return out
 
 

@@ -213,7 +213,7 @@ class MetricsAccumulator:
   """Collects the valid, labelled predictions of a split batch by batch; `compute()` scores them at once.
 
   `update` takes host NumPy outputs (model output dict, see `gems_jax.training.losses.gems_losses`) and the
-  batch dict of `.plan/data_contract.md`. Padding examples (`valid` False), unlabelled faces (label -1 /
+  batch dict of the schema in `gems_jax/data/spec.py`. Padding examples (`valid` False), unlabelled faces (label -1 /
   NaN / empty slot) and examples without any situational class are dropped. With several processes, feed
   each process's accumulator all-gathered arrays (or one accumulator on process 0).
   """

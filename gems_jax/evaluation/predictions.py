@@ -57,13 +57,10 @@ def face_rows(outputs: dict, labels: dict, spec) -> list[dict]:
   return rows
 
 
-def write_predictions(out_dir: str, predictions, spec, task: str, multilabel: bool = True) -> str:
-  """Writes predictions.jsonl and predictions.csv; `predictions` is [(outputs, labels, host)]."""
+def write_predictions(out_dir: str, rows: list[dict]) -> str:
+  """Writes predictions.jsonl (the rows) and predictions.csv (one column a field, the predicted
+  value of each head); rows come from `clip_rows` or `face_rows`, through the run's task."""
   os.makedirs(out_dir, exist_ok=True)
-  rows = []
-  for outputs, labels, host in predictions:
-    rows += face_rows(outputs, labels, spec) if task == "face" else clip_rows(
-        outputs, labels, host, spec, multilabel)
   with open(os.path.join(out_dir, "predictions.jsonl"), "w") as f:
     for row in rows:
       f.write(json.dumps(row) + "\n")

@@ -1,4 +1,4 @@
-"""Autoformer AutoCorrelation, series decomposition and encoder layer (`gems_reference.md` §6).
+"""Autoformer AutoCorrelation, series decomposition and encoder layer (Wu et al., NeurIPS 2021).
 
 The GEMS paper's figure puts an "AutoCorrelation + Feed Forward" encoder before the S3Attention
 blocks; the authors' code never runs one (their copy cannot run: it reads undefined attributes).

@@ -12,6 +12,10 @@ Shapes: b clips, T sampled steps, K face slots per step, S crop size, P text par
         ─► pool over valid steps (masked mean, or the authors' last step)
         ─► heads: group_emotion [b,9], group_category [b,3], valence/arousal [b],
                   situational_emotion [b,10], situation [b,10]  (+ the authors' forecast head)
+
+With the authors' forecast head (`heads.forecast`) a batch carries N+1 steps: the first N are the
+input and the token of the last one is the forecast target (the authors read 97 steps, feed 96 and
+forecast the 97th: [code] run.py:788-839 and 651-715).
 """
 from collections.abc import Mapping
 
@@ -43,6 +47,16 @@ def sinusoidal_positions(length: int, dim: int) -> jax.Array:
   w = jnp.exp(-jnp.log(10000.0) * jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
   pe = jnp.stack([jnp.sin(t * w), jnp.cos(t * w)], axis=-1).reshape(length, -1)
   return pe[:, :dim]
+
+
+def face_feature_dim(face_encoder: Mapping) -> int:
+  """E, the pooled feature width of the configured face encoder (shape inference only)."""
+  model = FaceEmotionClassifier(face_encoder["name"], dict(face_encoder["overrides"]),
+                                dtype=jnp.dtype(face_encoder["dtype"]))
+  crops = jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.uint8)  # Resized to the encoder's size inside.
+  out = jax.eval_shape(lambda c: model.init_with_output(jax.random.key(0), c, method=model.features,
+                                                        train=False)[0], crops)
+  return int(out.shape[-1])
 
 
 class FaceEmotionClassifier(nn.Module):
@@ -103,9 +117,9 @@ class FourierForecast(nn.Module):
 class GEMS(nn.Module):
   """The multi-task GEMS model.
 
-  `config` is the `model` section of configs/gems.py plus two fields that come from the dataset:
-  `num_steps` (the sequence length N fed to the model) and `token_dim` (E + P*Dt, for the forecast
-  head). `gems_jax.train.create_model` adds them.
+  `config` is the `model` section of configs/gems.py plus two fields that come from the data:
+  `num_steps` (the sequence length N fed to the attention blocks) and `token_dim` (E + P*Dt, the
+  forecast head's width). `gems_jax.tasks.gems.GemsTask.create_model` adds them.
   """
   config: ml_collections.FrozenConfigDict
 
@@ -151,6 +165,11 @@ class GEMS(nn.Module):
     feats = self.face_branch.features(batch["faces"], train=train and not self.config.face_encoder.frozen)
     return jax.lax.stop_gradient(feats) if self.config.face_encoder.frozen else feats
 
+  def individual(self, batch: Mapping[str, jax.Array], *, train: bool = False) -> dict[str, jax.Array]:
+    """Per-face outputs of every step of `batch` (faces or face_embedding): individual_emotion
+    [b,T,K,C], individual_valence / individual_arousal [b,T,K]."""
+    return self.face_branch.heads(self.face_features(batch, train=train))
+
   def __call__(self, batch: Mapping[str, jax.Array], *, train: bool = False) -> dict[str, jax.Array]:
     fu = self.config.fusion
     face_mask = batch["face_mask"]
@@ -162,8 +181,13 @@ class GEMS(nn.Module):
     text = text.reshape(text.shape[0], 1, -1)
     tokens = jnp.concatenate(
         [frame_tokens, jnp.broadcast_to(text, frame_tokens.shape[:2] + text.shape[-1:])], axis=-1)
+    step_mask = batch["step_mask"]
+    if self.config.heads.forecast:  # The last step is the target, not an input.
+      outputs["forecast_target"] = jax.lax.stop_gradient(tokens[:, -1:])  # [b,1,F]
+      tokens, step_mask = tokens[:, :-1], step_mask[:, :-1]
     b, n = tokens.shape[:2]
-    step_mask = batch["step_mask"] if fu.use_mask else jnp.ones((b, n), bool)
+    if not fu.use_mask:
+      step_mask = jnp.ones((b, n), bool)
 
     h = self.embed_dropout(self.embed(tokens), deterministic=not train)
     h = h + sinusoidal_positions(n, fu.d_model)[None]
@@ -183,8 +207,5 @@ class GEMS(nn.Module):
       out = layer(pooled)
       outputs[name] = out[:, 0] if out.shape[-1] == 1 and name in ("valence", "arousal") else out
     if self.config.heads.forecast:
-      outputs["forecast"] = self.forecast_head(h)
-      last = jnp.maximum(jnp.sum(step_mask, axis=1) - 1, 0)
-      outputs["forecast_target"] = jax.lax.stop_gradient(
-          jnp.take_along_axis(tokens, last[:, None, None], axis=1))  # [b,1,F]
+      outputs["forecast"] = self.forecast_head(h)  # [b,N+1,F], compared with the target broadcast.
     return outputs

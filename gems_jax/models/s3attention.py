@@ -1,7 +1,7 @@
 """S3Attention block (smoother + conv stem + skeleton attention), as used by GEMS.
 
 Re-implemented from the S3Attention paper (KDD'23 submission, §3, eq. 1-4) and the behaviour of the
-authors' `Attention` module described in `reference/gems_reference.md` §3.3 / §5 / §9. Shapes:
+authors' `Attention` module (GEMS `run.py:112-201`, a copy of S3Attention's time-series `run.py:98-187`). Shapes:
 x [B, N, C] -> [B, N, C], heads H with head width d_h = C / H. The block returns its output
 WITHOUT a residual; the caller adds x + block(x).
 

@@ -14,13 +14,12 @@ rejected with an error listing them; timm's non-persistent buffers `relative_pos
 
 CLI (writes an orbax checkpoint of the variables plus `swin_config.json` with the model name and kwargs):
   python -m gems_jax.tools.convert_swin --model swin_base_patch4_window7_224 --checkpoint FILE --out DIR
-Restore it without torch: `module, variables = restore_converted(DIR)`, which rebuilds the module from
-the JSON and restores `DIR/variables` with `ocp.StandardCheckpointer` onto the abstract variable tree.
+Restore it without torch: `module, variables = gems_jax.training.checkpointing.restore_converted(DIR)`,
+which rebuilds the module from the JSON and restores `DIR/variables` onto the abstract variable tree.
 
 torch and safetensors are imported only inside the functions that read PyTorch files.
 """
 import argparse
-import json
 import os
 import pathlib
 from typing import Any, Mapping
@@ -29,12 +28,11 @@ import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
 from gems_jax.models.swin import SwinTransformer, create_swin
+from gems_jax.training.checkpointing import abstract_variables, save_converted
 
 IGNORED_BUFFERS = ("relative_position_index", "attn_mask")
-CONFIG_FILE, VARIABLES_DIR = "swin_config.json", "variables"
 
 
 class CheckpointMismatchError(ValueError):
@@ -51,13 +49,6 @@ class CheckpointMismatchError(ValueError):
     if bad_shapes:
       parts.append(f"shape mismatches ({len(bad_shapes)}): {'; '.join(bad_shapes)}")
     super().__init__("\n".join(parts))
-
-
-def abstract_variables(module: SwinTransformer) -> dict:
-  """ShapeDtypeStructs of `module.init(...)`, without computing anything."""
-  height, width = (module.img_size,) * 2 if isinstance(module.img_size, int) else module.img_size
-  dummy = jax.ShapeDtypeStruct((1, height, width, module.in_chans), jnp.float32)
-  return jax.eval_shape(lambda x: module.init(jax.random.key(0), x), dummy)
 
 
 def _timm_key(path: tuple[str, ...]) -> str:
@@ -150,33 +141,6 @@ def load_timm_checkpoint(model_name: str, path: str | os.PathLike,
                          **overrides) -> tuple[SwinTransformer, dict]:
   """`convert_timm_state_dict` on the weights stored in a PyTorch/safetensors file."""
   return convert_timm_state_dict(model_name, read_torch_state_dict(path), **overrides)
-
-
-def save_converted(directory: str | os.PathLike, model_name: str, variables: dict,
-                   kwargs: Mapping[str, Any]) -> pathlib.Path:
-  """Writes `DIR/variables` (orbax) and `DIR/swin_config.json`; returns DIR."""
-  directory = pathlib.Path(directory).absolute()
-  directory.mkdir(parents=True, exist_ok=True)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(directory / VARIABLES_DIR, variables, force=True)
-  checkpointer.wait_until_finished()
-  (directory / CONFIG_FILE).write_text(
-      json.dumps({"model_name": model_name, "kwargs": dict(kwargs)}, indent=2) + "\n")
-  return directory
-
-
-def restore_converted(directory: str | os.PathLike) -> tuple[SwinTransformer, dict]:
-  """(module, variables) from a directory written by `save_converted` / the CLI."""
-  directory = pathlib.Path(directory).absolute()
-  config_path = directory / CONFIG_FILE
-  if not config_path.is_file():
-    raise FileNotFoundError(f"{config_path} not found; is {directory} a converted Swin?")
-  config = json.loads(config_path.read_text())
-  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config["kwargs"].items()}
-  module = create_swin(config["model_name"], **kwargs)
-  variables = ocp.StandardCheckpointer().restore(directory / VARIABLES_DIR,
-                                                 abstract_variables(module))
-  return module, variables
 
 
 def main(argv: list[str] | None = None) -> None:

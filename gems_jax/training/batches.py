@@ -11,13 +11,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-STRING_KEYS = ("clip_id", "source_video", "description")
+from gems_jax.data.spec import FILL_VALUES, STRING_KEYS
+
 # Keys whose axis 1 is the step axis T.
 STEP_KEYS = ("frame_index", "step_mask", "faces", "face_embedding", "face_boxes", "face_scores",
              "face_track", "face_mask", "individual_emotion", "individual_valence",
              "individual_arousal")
-_FILL = {"frame_index": -1, "face_track": -1, "individual_emotion": -1,
-         "individual_valence": np.nan, "individual_arousal": np.nan}
 
 
 def fit_steps(batch: Mapping[str, np.ndarray], num_steps: int) -> dict[str, np.ndarray]:
@@ -31,7 +30,7 @@ def fit_steps(batch: Mapping[str, np.ndarray], num_steps: int) -> dict[str, np.n
     if t > num_steps:
       out[key] = x[:, :num_steps]
     elif t < num_steps:
-      pad = np.full((x.shape[0], num_steps - t) + x.shape[2:], _FILL.get(key, 0), x.dtype)
+      pad = np.full((x.shape[0], num_steps - t) + x.shape[2:], FILL_VALUES.get(key, 0), x.dtype)
       out[key] = np.concatenate([x, pad], axis=1)
   return out
 
@@ -60,16 +59,14 @@ def face_batch(batch: Mapping[str, np.ndarray], size: int, rng: np.random.Genera
   sel = tuple(idx.T)
   n = len(idx)
 
-  def gather(key, fill):
+  def gather(key):
     src = batch[key]
-    out = np.full((size, 1, 1) + src.shape[3:], fill, src.dtype)
+    out = np.full((size, 1, 1) + src.shape[3:], FILL_VALUES.get(key, 0), src.dtype)
     out[:n, 0, 0] = src[sel]
     return out
 
-  out = {"faces": gather("faces", 0),
-         "individual_emotion": gather("individual_emotion", -1),
-         "individual_valence": gather("individual_valence", np.nan),
-         "individual_arousal": gather("individual_arousal", np.nan),
-         "valid": np.arange(size) < n}
+  out = {key: gather(key) for key in ("faces", "individual_emotion", "individual_valence",
+                                      "individual_arousal")}
+  out["valid"] = np.arange(size) < n
   out["face_mask"] = out["valid"][:, None, None].copy()
   return out

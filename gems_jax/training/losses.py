@@ -191,7 +191,7 @@ def gems_losses(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array]
       'individual_valence'/'individual_arousal' [b,T,K], 'group_emotion' [b,9], 'group_category' [b,3],
       'valence'/'arousal' [b], 'situational_emotion' [b,10], 'situation' [b,10]; optionally 'forecast'
       [b,...] with 'forecast_target' broadcastable to it (the target gets `stop_gradient`).
-    batch: labels as in `.plan/data_contract.md` plus `valid` [b].
+    batch: labels as in the schema in `gems_jax/data/spec.py` plus `valid` [b].
     loss_config: mapping (dict or ConfigDict) with
       'weights': {task: float} for every task in `TASKS` ('individual_va' weighs both individual V and A);
       'va_loss': 'mse' | 'ccc' (group- and face-level valence/arousal);

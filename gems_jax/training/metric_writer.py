@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Mapping
 
+from absl import logging as absl_logging
 import jax
 import numpy as np
 
@@ -19,7 +20,9 @@ class _DropLibraryInfo(logging.Filter):
 
 
 def quiet_library_logs() -> None:
-  """Keeps the training log readable: the libraries' per-step INFO lines are dropped."""
+  """Keeps the log readable: the libraries' INFO lines are dropped, unless --verbosity >= 1."""
+  if absl_logging.get_verbosity() >= absl_logging.DEBUG:
+    return
   for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
     if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
       handler.addFilter(_DropLibraryInfo())

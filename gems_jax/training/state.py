@@ -62,7 +62,8 @@ def create_optimizer(optim: ml_collections.ConfigDict, schedule: optax.Schedule,
     return tx
   flat = traverse_util.flatten_dict(params, sep="/")
   labels = traverse_util.unflatten_dict(
-      {k: "frozen" if k.startswith(frozen_prefixes) else "train" for k in flat}, sep="/")
+      {k: "frozen" if any(k == p or k.startswith(p + "/") for p in frozen_prefixes) else "train"
+       for k in flat}, sep="/")
   return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 

@@ -94,8 +94,9 @@ def plan_dataset(num_clips: int, seed: int, video: VideoFormat):
 def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
   """uint8 [H, W, 3] RGB -> uint8 [3H/2, W] planar YUV 4:2:0 (BT.601, limited range; PyAV's layout).
 
-  Done in NumPy rather than by libswscale inside PyAV: swscale's SIMD conversion read memory that
-  varied between runs, so identical frames gave different mp4 bytes (seen on an AMD EPYC host).
+  Done in NumPy rather than by libswscale inside PyAV: identical frames gave different mp4 bytes through
+  swscale (seen on an AMD EPYC host). That was probably x264's mbtree over-read (see `x264_options`), not
+  swscale, but this conversion stays: it is tested and keeps the bytes as they were.
   """
   h, w, _ = frame.shape
   rgb = frame.astype(np.float32)
@@ -108,15 +109,33 @@ def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
   return np.concatenate(planes)
 
 
+def x264_options(width: int, crf: int) -> dict:
+  """libx264 options of `write_mp4`: the veryfast preset at `crf`, with macroblock-tree rate control (mbtree)
+  off unless the width in 16-px macroblocks, rounded up, is a multiple of 8 (640 px = 40 keeps it).
+
+  Why: x264's AVX-512 mbtree_propagate_list works on 8 macroblocks at a time, so on a row of another length
+  it reads past the row's end, at the last row into memory x264 never wrote, and what it finds there
+  changes the bitstream. The mp4 bytes and decoded frames then depended on what the process had freed
+  before (other clips encoded first, the worker count, imports); seen on an AMD EPYC at 320x180. With
+  mbtree off that code does not run; it is kept where it is safe because without it a 640x360 clip is
+  60 % larger, and so the default-size bytes stay as they were. See docs/synthetic_world.md.
+  """
+  options = {"crf": str(crf), "preset": "veryfast"}
+  if -(-width // 16) % 8:
+    options["mbtree"] = "0"
+  return options
+
+
 def write_mp4(path: pathlib.Path, frames: np.ndarray, fps: int, crf: int = 20) -> None:
-  """uint8 [T, H, W, 3] RGB frames -> H.264 mp4 (yuv420p, one encoder thread so output is reproducible).
+  """uint8 [T, H, W, 3] RGB frames -> H.264 mp4 (yuv420p). Reproducible: one encoder thread, and the
+  options of `x264_options` so no leftover memory leaks into the bitstream.
 
   H must be a multiple of 4 and W even (the 4:2:0 planes in PyAV's [3H/2, W] layout)."""
   _, height, width, _ = frames.shape
   if height % 4 or width % 2:
     raise ValueError(f"{path}: frame size {width}x{height}; width must be even and height a multiple of 4")
   with av.open(str(path), "w") as container:
-    stream = container.add_stream("libx264", rate=fps, options={"crf": str(crf), "preset": "veryfast"})
+    stream = container.add_stream("libx264", rate=fps, options=x264_options(width, crf))
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
     stream.codec_context.thread_count = 1
     for frame in frames:
@@ -162,9 +181,9 @@ def generate(out_dir, num_clips: int, seed: int, video: VideoFormat = VideoForma
   plan = plan_dataset(num_clips, seed, video)
   jobs = [(spec, split, str(video_dir), video) for spec, split in plan]
   workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-  # Always in fresh 'spawn' processes, even for one worker: libx264's output depends on what else the
-  # calling process has loaded (after `import torch`, one clip of 3 encoded to other bytes), so a
-  # clean interpreter is what makes the mp4s the same for a seed whoever calls this.
+  # Always in fresh 'spawn' processes, even for one worker: libx264's output depended on what else the
+  # calling process had loaded (after `import torch`, one clip of 3 encoded to other bytes). The cause was
+  # most likely x264 reading leftover memory (see `x264_options`), but a clean interpreter costs little.
   with multiprocessing.get_context("spawn").Pool(workers) as pool:
     rows = pool.map(_make_and_write, jobs, chunksize=1)
   with open(out / "annotations.csv", "w", newline="") as f:

@@ -1,6 +1,6 @@
-"""One attention benchmark measurement in a fresh process (run by gems_jax.benchmarks.attention).
+"""One attention benchmark measurement in a fresh process (run by benchmarks.attention).
 
-    python -m gems_jax.benchmarks.attention_worker --method s3 --n 4096 --batch 1 --mode fwdbwd
+    python -m benchmarks.attention_worker --method s3 --n 4096 --batch 1 --mode fwdbwd
 
 Prints one JSON line. Each measurement has its own process so that the peak RSS (`ru_maxrss`)
 belongs to that configuration alone. What is timed, per method (input x [B, N, C] float32, already

@@ -1,6 +1,6 @@
 """Throughput of the Flax Swin forward pass against timm's PyTorch Swin on the same CPU, same run.
 
-  python -m gems_jax.benchmarks.swin --batches 1,8,32 --dtypes float32,bfloat16 --json OUT.json
+  python -m benchmarks.swin --batches 1,8,32 --dtypes float32,bfloat16 --json OUT.json
 
 Both models carry the same random weights (timm `pretrained=False`, converted with
 `gems_jax.tools.convert_swin`); a parity line confirms they compute the same function. For each

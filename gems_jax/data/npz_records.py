@@ -7,6 +7,10 @@ Object arrays of byte strings (the [T, K] JPEG crops) are stored as one uint8 bu
 and the shape, so no pickle is involved and empty slots cost nothing. A file is written to a
 temporary name in the same folder and renamed into place, so a killed build never leaves a
 half-written cache entry that a rerun would trust.
+
+It is part of the data contract, beside `spec.py`: the PyTorch stage (`preprocessing`) writes its
+per-clip caches and the one-clip output of `python -m preprocessing.extract` with `save`, and the
+JAX side reads an extracted clip with `load` (numpy only, no torch).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 r"""Train-step throughput of the GEMS model on this machine.
 
-  python -m gems_jax.benchmarks.train [--json OUT.json] [--repeats 5]   (or ./run.sh bench train)
+  python -m benchmarks.train [--json OUT.json] [--repeats 5]   (or ./run.sh bench train)
 
 Configurations (all fp32, jit, AOT-compiled first, median of --repeats timed steps):
   * fusion, paper shapes: batch 32, N=96 steps, 1024-d face + 3x768-d text tokens (3328-d),
@@ -9,7 +9,7 @@ Configurations (all fp32, jit, AOT-compiled first, median of --repeats timed ste
   * end to end with a small Swin on face crops: batch 8 clips x T=8 steps x K=4 faces of 64x64 px,
     a 2-stage Swin (embed 32) fine-tuned together with the fusion model.
 The authors' PyTorch model at the paper shapes measured 27.7 clips/s for a train step on this
-machine (docs: shared/reference/perf_anchors.md §3); it is printed beside ours for reference.
+machine (the team's measurement of the authors' model); it is printed beside ours for reference.
 """
 import argparse
 import json

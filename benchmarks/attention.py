@@ -1,6 +1,6 @@
 """S3Attention vs dense attention throughput over sequence length, one process per measurement.
 
-    python -m gems_jax.benchmarks.attention --lengths 96,256,1024,4096,8192,16384 --batch 1 \
+    python -m benchmarks.attention --lengths 96,256,1024,4096,8192,16384 --batch 1 \
         --json attention.json --png attention.png
 
 Methods (what each timing includes: see `attention_worker`): `s3` (the S3Attention block, JAX),
@@ -36,7 +36,7 @@ PAPER_LENGTHS = (1024, 2048, 3072, 4096)
 def run_worker(method: str, n: int, mode: str, args, batch: int, d_model: int, heads: int,
                repeats: int) -> dict:
   """Runs one measurement in a child process; failures become records with the reason."""
-  cmd = [sys.executable, "-m", "gems_jax.benchmarks.attention_worker", "--method", method,
+  cmd = [sys.executable, "-m", "benchmarks.attention_worker", "--method", method,
          "--n", str(n), "--mode", mode, "--batch", str(batch), "--d_model", str(d_model),
          "--heads", str(heads), "--repeats", str(repeats), "--dense_chunk", str(args.dense_chunk),
          "--max_temp_gib", str(args.max_temp_gib)]

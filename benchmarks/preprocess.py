@@ -1,6 +1,6 @@
 r"""Preprocessing throughput on the real clip: the whole per-clip stage against the bare detector.
 
-  python -m gems_jax.benchmarks.preprocess [--json OUT.json] [--repeats 5] [--num_frames 16]
+  python -m benchmarks.preprocess [--json OUT.json] [--repeats 5] [--num_frames 16]
       [--detect_max_side 960] [--threads 1] [--video PATH] [--text_encoder PATH_OR_ID]
   (or ./run.sh bench preprocess)
 
@@ -25,11 +25,12 @@ import time
 
 import torch
 
-from preprocessing import cache, extract, text, video
+from gems_jax.data import npz_records
+from preprocessing import extract, text, video
 from preprocessing.random_text_encoder import write_random_roberta
 
 MEDIA_DIR = pathlib.Path(os.environ.get(
-    "GEMS_TEST_MEDIA", pathlib.Path(__file__).resolve().parents[3] / "shared" / "data"))
+    "GEMS_TEST_MEDIA", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"))
 DESCRIPTION = ("A crowd of people walks towards the camera under a stone arcade in the evening; "
                "some talk, some look at their phones. Background: the colonnade of an opera house "
                "in a city square, shop windows and street lamps. Event: the audience leaves a "
@@ -51,9 +52,9 @@ def stage(extractor, encoder, path, out_dir) -> tuple[float, int]:
   faces = record.pop("num_faces")
   record.pop("steps_with_faces")
   embedding, mask = encoder.encode_parts([text.split_description(DESCRIPTION)])
-  cache.save(out_dir / "faces.npz", record)
-  cache.save(out_dir / "text.npz", {"description": DESCRIPTION, "text_embedding": embedding[0],
-                                    "text_mask": mask[0]})
+  npz_records.save(out_dir / "faces.npz", record)
+  npz_records.save(out_dir / "text.npz", {"description": DESCRIPTION,
+                                          "text_embedding": embedding[0], "text_mask": mask[0]})
   return time.perf_counter() - start, faces
 
 

@@ -1,0 +1,13 @@
+"""Model families, one `Task` object each, chosen once from `config.task` (see tasks/base.py)."""
+from gems_jax.tasks.base import Task
+from gems_jax.tasks.face import FaceTask
+from gems_jax.tasks.gems import GemsTask
+
+REGISTRY: dict[str, type[Task]] = {"gems": GemsTask, "face": FaceTask}
+
+
+def get_task(config, spec) -> Task:
+  """The `Task` of `config.task`, bound to `config` and the dataset `spec`."""
+  if config.task not in REGISTRY:
+    raise ValueError(f"config.task must be one of {sorted(REGISTRY)}, got {config.task!r}")
+  return REGISTRY[config.task](config, spec)
