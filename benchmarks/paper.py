@@ -212,24 +212,27 @@ def _fmt(x: float | None, digits: int = 1) -> str:
 
 def format_table(stages: list[StageResult], cache: dict, timm: dict | None, ratio: dict) -> str:
   """Markdown table: stage, wall s, peak RSS GiB, notes (+ the cache's rows and the ratio)."""
-  rows = ["| stage | wall s | peak RSS GiB | notes |", "|---|---|---|---|"]
+  rows = ["| stage | wall s | cpu s | peak RSS GiB | notes |", "|---|---|---|---|---|"]
   for s in stages:
     notes = s.notes if s.status == "ok" else f"**{s.status.upper()}** {s.notes}".strip()
     if s.status == "failed" and s.error:
       notes += " " + s.error.splitlines()[0]
-    rows.append(f"| {s.name} | {_fmt(s.wall_s)} | {_fmt(s.peak_rss_gib, 2)} | {notes.strip()} |")
+    rows.append(f"| {s.name} | {_fmt(s.wall_s)} | {_fmt(s.cpu_s)} | {_fmt(s.peak_rss_gib, 2)} | "
+                f"{notes.strip()} |")
     if s.name == "stage2" and s.status == "ok":
       if cache.get("ok"):
-        rows.append(f"| - of which face cache | {_fmt(cache['encode_seconds'])} | - | "
+        rows.append(f"| - of which face cache | {_fmt(cache['encode_seconds'])} | - | - | "
                     f"{cache['num_faces']:,} faces, {_fmt(cache['faces_per_s'], 2)} faces/s "
                     f"(cache_info.json encode_seconds) |")
         if cache.get("stage2_rest_s") is not None:
-          rows.append(f"| - of which the rest | {_fmt(cache['stage2_rest_s'])} | - | start-up, "
+          rows.append(f"| - of which the rest | {_fmt(cache['stage2_rest_s'])} | - | - | start-up, "
                       f"compilation, training, evaluation, checkpoints |")
       else:
-        rows.append(f"| - of which face cache | - | - | {cache.get('problem', 'not measured')} |")
+        rows.append(f"| - of which face cache | - | - | - | {cache.get('problem', 'not measured')} |")
   total = sum(s.wall_s for s in stages if s.wall_s is not None)
-  rows.append(f"| **total** | {_fmt(total)} | {_fmt(max((s.peak_rss_gib or 0 for s in stages), default=0), 2)} | "
+  cpu = sum(s.cpu_s for s in stages if s.cpu_s is not None)
+  peak = max((s.peak_rss_gib or 0 for s in stages), default=0)
+  rows.append(f"| **total** | {_fmt(total)} | {_fmt(cpu)} | {_fmt(peak, 2)} | "
               f"{sum(s.status == 'ok' for s in stages)} of {len(stages)} stages ok |")
   lines = rows + [""]
   timm_rate = timm.get("images_per_s") if timm else None
@@ -284,9 +287,9 @@ def machine_info() -> dict:
   return {"cpu_model": model, "cores": os.cpu_count(),
           "cores_usable": len(os.sched_getaffinity(0)), "mem_total_gib": mem,
           "platform": platform.platform(), "python": platform.python_version(),
-          "hostname": platform.node(), "niceness": os.nice(0), "versions": versions,
+          "niceness": os.nice(0), "versions": versions,
           "env": {k: v for k, v in os.environ.items()
-                  if k.startswith(("JAX_", "XLA_", "OMP_", "MKL_", "TF_")) or k == "CUDA_VISIBLE_DEVICES"}}
+                  if k.startswith(("JAX_", "XLA_", "OMP_", "MKL_", "OPENBLAS_"))}}
 
 
 def git_info() -> dict:
@@ -524,7 +527,9 @@ def main(argv=None) -> int:
       continue
     print(f"[paper] {name}: {' '.join(cmd)}", flush=True)
     cache_mtime = _mtime(_cache_info_path(p))
+    load_start = os.getloadavg()[0]
     r = run_stage(name, cmd, log_dir=p.logs, timeout_s=args.stage_timeout, poll_s=args.poll_s)
+    r.extra["loadavg_1min"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]  # start, end
     results[name] = r
 
     if r.status == "ok":  # Notes, and what later stages need.
@@ -584,7 +589,8 @@ def main(argv=None) -> int:
         else:
           clip = prof.get("clip", {})
           r.notes = (f"{os.path.basename(video)}: {prof.get('num_faces')} faces in "
-                     f"{prof.get('num_sampled_frames')} frames -> {clip.get('group_emotion')}")
+                     f"{prof.get('num_sampled_frames')} frames, model N = {prof.get('model_steps')}"
+                     f" -> {clip.get('group_emotion')}")
     status = r.status if r.status != "ok" else f"ok, {r.wall_s:.1f} s, {r.peak_rss_gib:.2f} GiB"
     print(f"[paper] {name}: {status}", flush=True)
 

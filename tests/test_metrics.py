@@ -28,6 +28,14 @@ def single_label_data(seed, n=200, num_classes=9):
   return y_true, y_pred
 
 
+def test_uar_ignores_predicted_classes_absent_from_the_truth():
+  # Class 2 is predicted but never true: the standard UAR is the mean recall of classes 0 and 1.
+  y_true, y_pred = np.array([0, 0, 1, 1]), np.array([0, 2, 1, 1])
+  expected = skm.balanced_accuracy_score(y_true, y_pred)
+  assert expected == pytest.approx(0.75)
+  assert metrics.evaluate_single_label(y_true, y_pred, 3)['model']['uar'] == pytest.approx(expected)
+
+
 @pytest.mark.parametrize('seed', SEEDS)
 def test_single_label_metrics_match_sklearn(seed):
   y_true, y_pred = single_label_data(seed)
@@ -35,7 +43,7 @@ def test_single_label_metrics_match_sklearn(seed):
   np.testing.assert_array_equal(result['confusion_matrix'], skm.confusion_matrix(y_true, y_pred, labels=range(9)))
   assert result['model']['accuracy'] == pytest.approx(skm.accuracy_score(y_true, y_pred))
   assert result['model']['macro_f1'] == pytest.approx(skm.f1_score(y_true, y_pred, average='macro'))
-  assert result['model']['uar'] == pytest.approx(skm.recall_score(y_true, y_pred, average='macro'))
+  assert result['model']['uar'] == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
   np.testing.assert_array_equal(result['class_counts'], np.bincount(y_true, minlength=9))
 
 

@@ -45,7 +45,9 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
 
 
 def single_label_metrics_from_confusion(cm: np.ndarray) -> dict:
-  """accuracy, macro_f1, uar from a confusion matrix (macro over classes in y_true ∪ y_pred)."""
+  """accuracy, macro_f1 (macro over the classes in y_true ∪ y_pred, as scikit-learn's f1_score) and
+  uar, the unweighted average recall over the classes present in y_true (scikit-learn's
+  balanced_accuracy_score): a predicted class that never occurs does not count as a 0 recall."""
   cm = np.asarray(cm, np.float64)
   tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
   present = (support + predicted) > 0
@@ -53,7 +55,7 @@ def single_label_metrics_from_confusion(cm: np.ndarray) -> dict:
   recall = tp / np.maximum(support, 1)
   return {'accuracy': float(tp.sum() / max(cm.sum(), 1)),
           'macro_f1': float(f1[present].mean()) if present.any() else 0.0,
-          'uar': float(recall[present].mean()) if present.any() else 0.0}
+          'uar': float(recall[support > 0].mean()) if (support > 0).any() else 0.0}
 
 
 def _binomial_pmf(n: int, p: float):
