@@ -35,6 +35,7 @@ from gems_jax.training import checkpointing
 from gems_jax.training.metric_writer import quiet_library_logs
 
 FLAGS = flags.FLAGS
+FACE_CHUNK = 16  # Face crops per encoder call.
 
 
 def load_run(workdir: str):
@@ -90,6 +91,26 @@ def model_and_variables(config, spec, workdir: str):
   return task, {"params": params, **variables["model_state"]}
 
 
+def encode_faces(task, variables, crops: np.ndarray, face_mask: np.ndarray, chunk: int = FACE_CHUNK
+                 ) -> np.ndarray:
+  """Face features [T,K,E] (0 in empty slots) of the real faces only, `chunk` crops per call, so
+  memory does not depend on T x K (the paper's 96 steps x 8 slots would be 768 Swin-B images)."""
+  encode = jax.jit(lambda v, c: task.model.apply(v, c, method=GEMS.encode_faces))
+  slots = np.argwhere(face_mask)
+  rows = []
+  for start in range(0, len(slots), chunk):
+    part = slots[start:start + chunk]
+    batch = np.zeros((chunk,) + crops.shape[-3:], np.uint8)
+    batch[:len(part)] = crops[tuple(part.T)]
+    rows.append(np.asarray(encode(variables, batch))[:len(part)])
+  width = jax.eval_shape(encode, variables, jax.ShapeDtypeStruct((chunk,) + crops.shape[-3:],
+                                                                  jnp.uint8)).shape[-1]
+  feats = np.zeros(face_mask.shape + (width,), np.float32)
+  if rows:
+    feats[tuple(slots.T)] = np.concatenate(rows)
+  return feats
+
+
 def predict(workdir: str, video: str, description: str, out_dir: str) -> dict:
   config, spec = load_run(workdir)
   os.makedirs(out_dir, exist_ok=True)
@@ -97,12 +118,13 @@ def predict(workdir: str, video: str, description: str, out_dir: str) -> dict:
     example = extract(video, description, spec, tmp)
   task, variables = model_and_variables(config, spec, workdir)
   clip = {k: example[k][None] for k in ("step_mask", "face_mask", "text_embedding", "text_mask")}
-  clip["faces"] = _decode(example["faces"], spec.face_size)[None]
+  crops = _decode(example["faces"], spec.face_size)
+  clip["face_embedding"] = encode_faces(task, variables, crops, example["face_mask"])[None]
   batch, _ = task.prepare_batch(clip)  # The training rule: pad or truncate to the run's steps.
   apply = jax.jit(lambda v, b, **kw: task.model.apply(v, b, train=False, **kw),
                   static_argnames="method")
   outputs = jax.tree.map(np.asarray, apply(variables, jax.tree.map(jnp.asarray, batch)))
-  faces = {k: jnp.asarray(clip[k]) for k in ("faces", "face_mask")}
+  faces = {k: jnp.asarray(clip[k]) for k in ("face_embedding", "face_mask")}
   outputs.update(jax.tree.map(np.asarray, apply(variables, faces, method=GEMS.individual)))
   result = profile_lib.build_profile(outputs, example, spec, video=os.path.abspath(video),
                                      multilabel=config.model.heads.situational == "multilabel")

@@ -136,3 +136,17 @@ def test_bad_input_exits_nonzero_with_one_line(gems_run, tmp_path):
   assert proc.returncode != 0
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("error:") and "not_a_video.mp4" in last
+
+
+def test_predict_encodes_only_real_faces_in_chunks(gems_run):
+  config, spec = predict.load_run(str(gems_run / "gems"))
+  task, variables = predict.model_and_variables(config, spec, str(gems_run / "gems"))
+  rng = np.random.default_rng(0)
+  crops = rng.integers(0, 256, (3, 4, 32, 32, 3), dtype=np.uint8)
+  mask = rng.random((3, 4)) < 0.6
+  feats = predict.encode_faces(task, variables, crops, mask, chunk=5)
+  one = lambda c: np.asarray(task.model.apply(variables, c[None], method=predict.GEMS.encode_faces))[0]
+  for t, k in np.argwhere(mask):
+    np.testing.assert_allclose(feats[t, k], one(crops[t, k]), rtol=1e-5, atol=1e-5)
+  assert not feats[~mask].any()
+  assert predict.encode_faces(task, variables, crops, np.zeros((3, 4), bool)).shape == feats.shape

@@ -165,6 +165,10 @@ class GEMS(nn.Module):
     feats = self.face_branch.features(batch["faces"], train=train and not self.config.face_encoder.frozen)
     return jax.lax.stop_gradient(feats) if self.config.face_encoder.frozen else feats
 
+  def encode_faces(self, crops: jax.Array) -> jax.Array:
+    """uint8 crops [n,S,S,3] -> face features [n,E] (the frozen or fine-tuned Swin, eval mode)."""
+    return self.face_branch.features(crops, train=False)
+
   def individual(self, batch: Mapping[str, jax.Array], *, train: bool = False) -> dict[str, jax.Array]:
     """Per-face outputs of every step of `batch` (faces or face_embedding): individual_emotion
     [b,T,K,C], individual_valence / individual_arousal [b,T,K]."""
