@@ -48,7 +48,7 @@ case "$cmd" in
     exec "$PY" -m gems_jax.demo "$@" ;;
   bench)
     setup
-    name=${1:?usage: ./run.sh bench swin|attention|train|preprocess [ARGS]}
+    name=${1:?usage: ./run.sh bench swin|attention|train|preprocess|paper [ARGS]}
     shift
     exec "$PY" -m "benchmarks.$name" "$@" ;;
   python)

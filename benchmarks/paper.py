@@ -11,7 +11,8 @@ JSON, in this order:
                the 384-d MiniLM sentence encoder shipped in a PyPI package)
   stage1       python -m gems_jax.main --config configs/face_emotion.py: the full Swin-B
                (swin_base_patch4_window7_224, 224 px), --stage1_steps steps of --faces_per_batch
-               faces, evaluated once at the end (--stage1_eval_batch clips per eval step)
+               faces; val is evaluated after the last step, then val and test with the best
+               checkpoint (--stage1_eval_batch clips per eval step)
   stage2       python -m gems_jax.main --config configs/gems.py at its real sizes (d_model 512,
                8 heads, 2 layers, N = 96, batch 32; fewer train clips than 32 are padded) with the
                frozen stage-1 encoder, for --stage2_steps steps. Its first part is the face-embedding
@@ -459,7 +460,8 @@ def parse_args(argv=None):
   parser.add_argument("--stage1_steps", type=int, default=3, help="stage-1 train steps (at least)")
   parser.add_argument("--stage1_eval_batch", type=int, default=1,
                       help="stage-1 config.eval.batch_size in clips: a face-task eval step encodes "
-                           "every T x K = 128 slot of each clip in one Swin-B call (default: %(default)s)")
+                           "all T x K = 128 slots of each clip (empty ones too) in one Swin-B call, so "
+                           "the config's 32 would be 4,096 crops per call (default: %(default)s)")
   parser.add_argument("--stage2_steps", type=int, default=3, help="stage-2 train steps (at least)")
   parser.add_argument("--timm_batch", type=int, default=16)
   parser.add_argument("--timm_warmup", type=int, default=1)
@@ -591,6 +593,7 @@ def main(argv=None) -> int:
           r.notes = (f"{os.path.basename(video)}: {prof.get('num_faces')} faces in "
                      f"{prof.get('num_sampled_frames')} frames, model N = {prof.get('model_steps')}"
                      f" -> {clip.get('group_emotion')}")
+    r.notes = (f"{r.notes}; " if r.notes else "") + "load %.1f->%.1f" % tuple(r.extra["loadavg_1min"])
     status = r.status if r.status != "ok" else f"ok, {r.wall_s:.1f} s, {r.peak_rss_gib:.2f} GiB"
     print(f"[paper] {name}: {status}", flush=True)
 

@@ -118,8 +118,7 @@ class Trainer:
         worker_count=cfg.input.worker_count)
     acc = self.task.metrics()
     loss_sums, count, rows = {}, 0.0, []
-    for batch in it:
-      numeric, host = self.task.prepare_batch(batch)
+    for numeric, host in (b for batch in it for b in self.task.eval_batches(batch)):
       outputs, labels, (weighted, n) = self.eval_step(state, shd.global_batch(numeric, self.mesh))
       outputs, labels = jax.tree.map(np.asarray, (outputs, labels))
       acc.update(outputs, labels)

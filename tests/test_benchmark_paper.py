@@ -1,7 +1,6 @@
 """The paper-size benchmark's bookkeeping, on fake numbers (the heavy stages are not run)."""
 import json
 import sys
-import types
 
 import pytest
 

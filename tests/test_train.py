@@ -238,3 +238,26 @@ def test_a_config_that_does_not_fit_fails_before_any_work_naming_the_key(planted
   config.task = "audio"
   with pytest.raises(ValueError, match="config.task must be one of"):
     tasks.get_task(config, spec)
+
+
+def test_face_task_evaluates_every_labelled_face_once_in_fixed_size_batches():
+  from configs import face_emotion
+  spec = planted.planted_spec(storage="crops")
+  config = face_emotion.get_config("runlocal")
+  config.input.faces_per_batch = 5
+  task = tasks.get_task(config, spec)
+  rng = np.random.default_rng(0)
+  b, t, k = 3, 4, 2
+  batch = {"face_mask": rng.random((b, t, k)) < 0.7, "valid": np.array([True, True, False]),
+           "individual_emotion": rng.integers(-1, 9, (b, t, k)).astype(np.int32),
+           "individual_valence": rng.normal(size=(b, t, k)).astype(np.float32),
+           "individual_arousal": rng.normal(size=(b, t, k)).astype(np.float32),
+           "faces": rng.integers(0, 256, (b, t, k, 4, 4, 3), dtype=np.uint8)}
+  labelled = batch["face_mask"] & (batch["individual_emotion"] >= 0) & batch["valid"][:, None, None]
+  seen = []
+  for numeric, _ in task.eval_batches(batch):
+    chex.assert_shape(numeric["faces"], (5, 1, 1, 4, 4, 3))
+    seen += [f.tobytes() for f, v in zip(numeric["faces"][:, 0, 0], numeric["valid"]) if v]
+  assert sorted(seen) == sorted(batch["faces"][labelled].reshape(-1, 48).tobytes()[i * 48:(i + 1) * 48]
+                                for i in range(int(labelled.sum())))
+  assert len(seen) == labelled.sum() > 5

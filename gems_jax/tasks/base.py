@@ -75,6 +75,11 @@ class Task:
     """(total, {term: unweighted mean}) of one global batch (see training/losses.py)."""
     return losses_lib.gems_losses(outputs, batch, self.loss_config())
 
+  def eval_batches(self, batch: Mapping[str, np.ndarray]):
+    """The (numeric, host) device batches that evaluate one host batch (default: one). Every
+    process must yield as many as the others: the eval step is one global computation."""
+    yield self.prepare_batch(batch)
+
   def eval_outputs(self, outputs: dict) -> dict:
     """The outputs worth returning from an eval step (training-only targets dropped)."""
     return outputs

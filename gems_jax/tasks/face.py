@@ -4,7 +4,10 @@ A training batch gathers up to `config.input.faces_per_batch` labelled faces of 
 into one-face "clips" ([n,1,1] in the [b,T,K] convention), so the encoder never runs on empty slots
 and the GEMS losses and metrics apply unchanged with only the individual terms weighted.
 """
+import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
+import numpy as np
 
 from gems_jax.evaluation import predictions as predictions_lib
 from gems_jax.models.gems import FaceEmotionClassifier
@@ -29,8 +32,17 @@ class FaceTask(Task):
     return batch["faces"]
 
   def prepare_batch(self, batch, rng=None):
-    size = self.config.input.faces_per_batch if rng is not None else batch["face_mask"].size
-    return batches_lib.face_batch(batch, size, rng), {}
+    return batches_lib.face_batch(batch, self.config.input.faces_per_batch, rng), {}
+
+  def eval_batches(self, batch):
+    """Every labelled face of a clip batch, `faces_per_batch` at a time (empty slots are never
+    encoded); every process runs as many face batches as the process with the most faces."""
+    size = self.config.input.faces_per_batch
+    chunks = max(1, -(-len(batches_lib.labelled_faces(batch)) // size))
+    if jax.process_count() > 1:
+      chunks = int(multihost_utils.process_allgather(np.int32(chunks)).max())
+    for i in range(chunks):
+      yield batches_lib.face_batch(batch, size, start=i * size), {}
 
   def loss_config(self):
     config = super().loss_config()

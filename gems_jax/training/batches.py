@@ -42,20 +42,25 @@ def split_host_keys(batch: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
   return numeric, host
 
 
-def face_batch(batch: Mapping[str, np.ndarray], size: int, rng: np.random.Generator | None = None
-               ) -> dict[str, np.ndarray]:
+def labelled_faces(batch: Mapping[str, np.ndarray]) -> np.ndarray:
+  """int [n, 3]: (b, t, k) of every face whose slot is filled, example valid, emotion labelled."""
+  labelled = batch["face_mask"] & (batch["individual_emotion"] >= 0) & batch["valid"][:, None, None]
+  return np.argwhere(labelled)
+
+
+def face_batch(batch: Mapping[str, np.ndarray], size: int, rng: np.random.Generator | None = None,
+               start: int = 0) -> dict[str, np.ndarray]:
   """Gathers up to `size` labelled faces of a clip batch into a batch of one-face "clips".
 
   Output shapes keep the [b, T, K] convention with T = K = 1 (faces [size,1,1,S,S,3], labels and
   face_mask [size,1,1], valid [size]), so the same losses and metrics apply. A face counts when its
   slot holds a face, its example is valid and its emotion is labelled. With `rng`, a random subset
-  is taken when there are more; without, the first `size` in order.
+  is taken when there are more; without, the `size` faces from the `start`-th on, in order.
   """
-  labelled = batch["face_mask"] & (batch["individual_emotion"] >= 0) & batch["valid"][:, None, None]
-  idx = np.argwhere(labelled)
+  idx = labelled_faces(batch)
   if rng is not None and len(idx) > size:
     idx = idx[np.sort(rng.choice(len(idx), size, replace=False))]
-  idx = idx[:size]
+  idx = idx[start:start + size]
   sel = tuple(idx.T)
   n = len(idx)
 
