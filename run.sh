@@ -6,7 +6,7 @@
 #   ./run.sh test [ARGS]     the whole pytest suite (sets up first if needed); ARGS go to pytest
 #   ./run.sh demo [ARGS]     synthetic data -> preprocessing -> training -> evaluation -> report
 #   ./run.sh bench NAME      benchmarks (python -m benchmarks.NAME): swin | attention | train |
-#                            preprocess  (extra ARGS go to the program)
+#                            preprocess | paper  (extra ARGS go to the program)
 #   ./run.sh python ARGS     run the venv's python (e.g. ./run.sh python -m gems_jax.main --help)
 set -euo pipefail
 cd "$(dirname "$0")"

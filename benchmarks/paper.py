@@ -32,7 +32,8 @@ What is measured per stage:
             --poll_s seconds, and (b) ru_maxrss of the rusage os.wait4 returns for the child: exact,
             but on Linux it is the largest peak of any ONE process among the child and the
             descendants it has reaped, not their sum (RUSAGE_CHILDREN in this process would instead
-            be a running maximum over all stages). Sampling can miss a peak shorter than --poll_s,
+            be a running maximum over all stages); it also counts the forked child before exec,
+            i.e. this small launcher's pages. Sampling can miss a peak shorter than --poll_s,
             and the sum counts pages shared by several processes once per process. Both are in the
             JSON (tree_peak_rss_gib, child_maxrss_gib).
   cpu s     user + system CPU time from the same rusage: the child and its reaped descendants.

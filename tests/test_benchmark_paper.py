@@ -105,7 +105,7 @@ def test_run_stage_measures_the_process_tree_and_reports_failures(tmp_path):
            f"subprocess.run([sys.executable, '-c', {grandchild!r}], check=True)")
   ok = paper.run_stage("tree", [sys.executable, "-c", child], log_dir=str(tmp_path), poll_s=0.05)
   assert ok.status == "ok" and ok.returncode == 0 and ok.wall_s > 1.0
-  assert 0.29 < ok.child_maxrss_gib < 0.33
+  assert ok.child_maxrss_gib > 0.29
   assert ok.tree_peak_rss_gib > 0.34
   assert ok.peak_rss_gib == max(ok.tree_peak_rss_gib, ok.child_maxrss_gib)
 
