@@ -5,10 +5,11 @@ import sys
 import pytest
 
 from benchmarks import paper
+from benchmarks import stages
 
 
 def _stage(name, wall, rss, status="ok", notes="", error=None):
-  return paper.StageResult(name, ["python", "-m", name], status=status, wall_s=wall,
+  return stages.StageResult(name, ["python", "-m", name], status=status, wall_s=wall,
                            cpu_s=1.5 * wall, peak_rss_gib=rss, notes=notes, error=error)
 
 
@@ -73,8 +74,8 @@ def test_stderr_tail_keeps_the_last_traceback():
   log = "\n".join(["I0 noise"] * 100 + ["Traceback (most recent call last):", '  File "a.py"',
                                          "RuntimeError: first"] + ["I1 more"] * 3 +
                   ["Traceback (most recent call last):", '  File "b.py"', "MemoryError"])
-  assert paper.stderr_tail(log) == 'Traceback (most recent call last):\n  File "b.py"\nMemoryError'
-  assert paper.stderr_tail("a\nb\nc", max_lines=2) == "b\nc"
+  assert stages.stderr_tail(log) == 'Traceback (most recent call last):\n  File "b.py"\nMemoryError'
+  assert stages.stderr_tail("a\nb\nc", max_lines=2) == "b\nc"
 
 
 def test_commands_keep_the_paper_sizes():
@@ -103,19 +104,19 @@ def test_run_stage_measures_the_process_tree_and_reports_failures(tmp_path):
   grandchild = "import time; b = bytearray(300 << 20); time.sleep(1.5)"
   child = ("import subprocess, sys; a = bytearray(50 << 20); "
            f"subprocess.run([sys.executable, '-c', {grandchild!r}], check=True)")
-  ok = paper.run_stage("tree", [sys.executable, "-c", child], log_dir=str(tmp_path), poll_s=0.05)
+  ok = stages.run_stage("tree", [sys.executable, "-c", child], log_dir=str(tmp_path), poll_s=0.05)
   assert ok.status == "ok" and ok.returncode == 0 and ok.wall_s > 1.0
   assert ok.child_maxrss_gib > 0.29
   assert ok.tree_peak_rss_gib > 0.34
   assert ok.peak_rss_gib == max(ok.tree_peak_rss_gib, ok.child_maxrss_gib)
 
-  bad = paper.run_stage("bad", [sys.executable, "-c", "print('x'); raise ValueError('boom')"],
+  bad = stages.run_stage("bad", [sys.executable, "-c", "print('x'); raise ValueError('boom')"],
                         log_dir=str(tmp_path), poll_s=0.05)
   assert bad.status == "failed" and bad.returncode == 1
   assert bad.error.startswith("exit status 1\nTraceback") and bad.error.endswith("ValueError: boom")
   assert open(bad.stdout_log).read() == "x\n"
-  assert paper.failure_messages([ok, bad]) == [f"stage bad failed: {bad.error}"]
+  assert stages.failure_messages([ok, bad]) == [f"stage bad failed: {bad.error}"]
 
-  slow = paper.run_stage("slow", [sys.executable, "-c", "import time; time.sleep(30)"],
+  slow = stages.run_stage("slow", [sys.executable, "-c", "import time; time.sleep(30)"],
                          log_dir=str(tmp_path), poll_s=0.05, timeout_s=0.5)
   assert slow.status == "failed" and slow.error.startswith("timed out after")

@@ -6,6 +6,7 @@ frozen, where pretrained face-encoder weights go, what a prediction row says) li
 object per family, chosen once from `config.task` (`gems_jax.tasks.get_task`). Adding a family
 means adding one module with a `Task` subclass and one line in the registry.
 """
+import abc
 from collections.abc import Mapping
 
 from absl import logging
@@ -21,11 +22,12 @@ from gems_jax.training import checkpointing
 from gems_jax.training import losses as losses_lib
 
 
-class Task:
+class Task(abc.ABC):
   """One model family, bound to a config and a dataset spec.
 
-  Subclasses set `name` and implement `create_model`, `model_inputs`, `prepare_batch`,
-  `required_keys` and `prediction_rows`; the rest has defaults that fit the GEMS losses and metrics.
+  Subclasses set `name` and implement the abstract methods (`create_model`, `model_inputs`,
+  `prepare_batch`, `required_keys`, `prediction_rows`); the rest has defaults that fit the GEMS
+  losses and metrics.
   """
   name: str = ""
   encoder_scope: tuple[str, ...] = ()  # Where pretrained face-encoder weights go in the params.
@@ -37,26 +39,27 @@ class Task:
     self.model: nn.Module = self.create_model()
 
   # --- What each family defines --------------------------------------------------------------
+  @abc.abstractmethod
   def create_model(self) -> nn.Module:
-    raise NotImplementedError
+    """The Flax module, sized from the config and the dataset spec."""
 
+  @abc.abstractmethod
   def model_inputs(self, batch: Mapping[str, jax.Array]):
     """What `model.apply` takes from a device batch."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def prepare_batch(self, batch: Mapping[str, np.ndarray], rng: np.random.Generator | None = None
                     ) -> tuple[dict, dict]:
     """Host batch from the input pipeline -> (numeric arrays for the devices, host-only values).
     `rng` is given for training batches (random choices), None for evaluation."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def required_keys(self) -> tuple[str, ...]:
     """The example keys the model needs from a dataset."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def prediction_rows(self, outputs: dict, labels: dict, host: dict) -> list[dict]:
     """Rows of predictions.jsonl for one evaluated batch (host NumPy arrays)."""
-    raise NotImplementedError
 
   # --- Shared defaults -------------------------------------------------------------------------
   def validate(self) -> None:
