@@ -112,21 +112,26 @@ class Trainer:
     and optionally the prediction rows."""
     cfg = self.config
     it = input_pipeline.make_iterator(
-        cfg.input.data_dir, split, batch_size=shd.per_process_batch_size(cfg.eval.batch_size, self.mesh),
+        cfg.input.data_dir, split, batch_size=shd.per_process_batch_size(
+            cfg.eval.batch_size, self.mesh, key="config.eval.batch_size"),
         shuffle=False, seed=0, num_epochs=1, shard_index=jax.process_index(),
         shard_count=jax.process_count(), decode_faces=self.decode_faces,
         worker_count=cfg.input.worker_count)
     acc = self.task.metrics()
     loss_sums, count, rows = {}, 0.0, []
-    for numeric, host in (b for batch in it for b in self.task.eval_batches(batch)):
-      outputs, labels, (weighted, n) = self.eval_step(state, shd.global_batch(numeric, self.mesh))
-      outputs, labels = jax.tree.map(np.asarray, (outputs, labels))
-      acc.update(outputs, labels)
-      for k, v in weighted.items():
-        loss_sums[k] = loss_sums.get(k, 0.0) + float(v)
-      count += float(n)
-      if collect_predictions:
-        rows += self.task.prediction_rows(outputs, labels, _all_processes(host))
+    try:
+      for numeric, host in (b for batch in it for b in self.task.eval_batches(batch)):
+        outputs, labels, (weighted, n) = self.eval_step(state, shd.global_batch(numeric, self.mesh))
+        outputs, labels = jax.tree.map(np.asarray, (outputs, labels))
+        acc.update(outputs, labels)
+        for k, v in weighted.items():
+          loss_sums[k] = loss_sums.get(k, 0.0) + float(v)
+        count += float(n)
+        if collect_predictions:
+          rows += self.task.prediction_rows(outputs, labels,
+                                            shd.gather_host_values(host, self.mesh))
+    finally:
+      _close(it)
     result = acc.compute()
     result["loss"] = {k: v / max(count, 1.0) for k, v in loss_sums.items()}
     return result, rows
@@ -150,19 +155,31 @@ def headline_metrics(result: dict) -> dict[str, float]:
   return flat
 
 
-def _all_processes(host: dict) -> dict:
-  """Host-only string arrays of the global batch (process order, like the global jax.Arrays)."""
-  if jax.process_count() == 1:
-    return host
-  from jax.experimental import multihost_utils
-  out = {}
-  for key, values in host.items():
-    raw = [str(v).encode()[:256] for v in values]
-    padded = np.array([list(r.ljust(256, b"\0")) for r in raw], np.uint8).reshape(len(raw), 256)
-    gathered = np.asarray(multihost_utils.process_allgather(padded, tiled=True))
-    out[key] = np.array([bytes(row).rstrip(b"\0").decode(errors="replace") for row in gathered],
-                        dtype=object)
-  return out
+def _close(iterator) -> None:
+  """Stops the grain worker processes of an iterator (input.worker_count > 0), if it has any."""
+  close = getattr(iterator, "close", None)
+  if close is not None:
+    close()
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Fails before any work (no face cache, no checkpoint) on a configuration that cannot run,
+  with a message that names the key: the mesh, the batch sizes, the dataset's fields."""
+  if not config.input.data_dir:
+    raise ValueError("config.input.data_dir is not set (the folder written by preprocessing.build)")
+  mesh = shd.make_mesh(config.mesh)
+  shd.per_process_batch_size(config.input.batch_size, mesh)
+  shd.per_process_batch_size(config.eval.batch_size, mesh, key="config.eval.batch_size")
+  tasks_lib.get_task(config, input_pipeline.load_spec(config.input.data_dir))
+
+
+def with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy whose file paths are absolute, so the saved config.json works from any folder."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.input.data_dir = os.path.abspath(config.input.data_dir)
+  if config.model.face_encoder.checkpoint:
+    config.model.face_encoder.checkpoint = os.path.abspath(config.model.face_encoder.checkpoint)
+  return config
 
 
 def selection_score(config, result: dict) -> float:
@@ -192,8 +209,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   holds checkpoints. Returns the final metrics {split: metrics}."""
   from tqdm import tqdm
 
-  os.makedirs(workdir, exist_ok=True)
   quiet_library_logs()
+  check_config(config)
+  config = with_absolute_paths(config)
+  os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=1))
@@ -212,7 +231,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       worker_count=config.input.worker_count)
   train_iter = make_train_iter()
   rng = jax.random.key(config.seed)
-  sample, _ = trainer.task.prepare_batch(next(make_train_iter()), np.random.default_rng(0))
+  sample, _ = trainer.task.prepare_batch(next(make_train_iter(worker_count=0)),
+                                        np.random.default_rng(0))
   state = trainer.init_state(sample, rng)
   logging.info("model %s: %d parameters", type(trainer.task.model).__name__,
                state_lib.count_params(state.params))
@@ -223,9 +243,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if restored is not None:
     state, meta = restored
     train_iter.set_state(meta["data"])
+    ckpt.ensure_best(state, meta)
     logging.info("resumed from step %d in %s", int(state.step), workdir)
-  writer = MetricWriter(workdir)
   step = int(state.step)
+  writer = MetricWriter(workdir)  # Drops what a killed run logged after its checkpoint.
+  writer.keep_only(lambda r: r["step"] <= step and not r["split"].startswith("final_"))
   bar = tqdm(total=total_steps, initial=step, desc="train", unit="step",
              disable=jax.process_index() != 0)
   while step < total_steps and not meta["stopped"]:
@@ -257,6 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     elif config.train.checkpoint_every_steps and step % config.train.checkpoint_every_steps == 0:
       ckpt.save(step, state, dict(meta, data=train_iter.get_state()))
   bar.close()
+  _close(train_iter)
   if meta["stopped"]:
     logging.info("early stopping: no improvement in %d evaluations", config.train.patience)
   results = _final_evaluation(trainer, ckpt, state, workdir, writer)
@@ -301,18 +324,22 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   """Eval-only mode: restores the `which` ('best' or 'latest') checkpoint and writes predictions
   and metrics per split."""
   quiet_library_logs()
-  config = face_cache.prepare_input(config, workdir)
+  check_config(config)
+  config = face_cache.prepare_input(with_absolute_paths(config), workdir)
   mesh = shd.make_mesh(config.mesh)
   spec = input_pipeline.load_spec(config.input.data_dir)
   trainer = Trainer(config, spec, mesh, steps_per_epoch=1)
   it = input_pipeline.make_iterator(
       config.input.data_dir, config.input.eval_split, batch_size=shd.per_process_batch_size(
-          config.eval.batch_size, mesh), shuffle=False, seed=0, num_epochs=1,
-      decode_faces=trainer.decode_faces)
+          config.eval.batch_size, mesh, key="config.eval.batch_size"), shuffle=False, seed=0,
+      num_epochs=1, decode_faces=trainer.decode_faces)
   sample, _ = trainer.task.prepare_batch(next(iter(it)))
   state = trainer.init_state(sample, jax.random.key(config.seed))
   ckpt = checkpointing.Checkpoints(workdir, keep=config.checkpoint.keep)
   writer = MetricWriter(workdir)
+  evaluated = {f"final_{split}" for split in (splits or (config.input.eval_split,
+                                                         config.input.test_split))}
+  writer.keep_only(lambda r: r["split"] not in evaluated)  # An evaluation replaces the previous.
   results = _final_evaluation(trainer, ckpt, state, workdir, writer,
                               splits=tuple(splits) if splits else None, which=which)
   writer.close()

@@ -34,3 +34,15 @@ def real_clip() -> pathlib.Path:
       pytest.fail(f"test media missing under CI: {path} (set GEMS_TEST_MEDIA)")
     pytest.skip(f"test media not found: {path} (set GEMS_TEST_MEDIA to its folder)")
   return path
+
+
+@pytest.fixture(scope="session")
+def planted_dir(tmp_path_factory) -> str:
+  """A planted-signal GEMS dataset (embeddings storage): 192 train, 48 val, 60 test clips."""
+  from gems_jax.data import planted, tfds_writer
+  spec = planted.planted_spec()
+  root = tmp_path_factory.mktemp("planted")
+  splits = {"train": planted.make_planted_examples(spec, 192, seed=1),
+            "val": planted.make_planted_examples(spec, 48, seed=2),
+            "test": planted.make_planted_examples(spec, 60, seed=3)}  # 60: a partial last batch.
+  return str(tfds_writer.write_dataset(root, spec, splits))

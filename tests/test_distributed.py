@@ -70,3 +70,16 @@ def test_two_processes_match_one(tmp_path):
   for key in ("group_emotion/accuracy", "valence/ccc", "loss/loss"):
     key = f"final_test/{key}"
     np.testing.assert_allclose(two_test[key], one_test[key], rtol=1e-4, atol=1e-6)
+
+
+def test_host_values_follow_the_rows_of_an_interleaved_mesh():
+  """On TPU, `jax.make_mesh` need not order devices by process: clip ids gathered from the hosts
+  must be placed on the rows their examples occupy in the global batch, not in process order."""
+  port = _free_port()
+  procs = [subprocess.Popen([sys.executable, str(REPO_ROOT / "tests" / "distributed_rows_worker.py"),
+                             str(port), str(i)], cwd=REPO_ROOT, env=_env(2),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  for proc in procs:
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "ROWS OK" in out, out[-4000:]

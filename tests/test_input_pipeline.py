@@ -68,20 +68,44 @@ def test_partial_last_batch_is_padding(dataset):
   assert (last["individual_emotion"][1:] == -1).all() and not last["step_mask"][1:].any()
 
 
-def test_training_stream_is_full_deterministic_and_reshuffled_per_epoch(dataset):
+def test_training_stream_is_deterministic_epoch_aligned_and_reshuffled_per_epoch(dataset):
   path, splits = dataset
   make = lambda seed, shard: input_pipeline.make_iterator(  # noqa: E731
       path, "train", batch_size=5, shuffle=True, seed=seed, num_epochs=None, shard_index=shard,
       shard_count=2)
-  streams = [_take(make(0, shard), 10) for shard in (0, 1)]  # > 4 epochs of 12 and 11 examples.
-  assert all(b["valid"].all() for stream in streams for b in stream)
-  clips = [_clips(stream) for stream in streams]
-  epochs = [(clips[0][12 * e:12 * (e + 1)], clips[1][11 * e:11 * (e + 1)]) for e in range(4)]
+  streams = [_take(make(0, shard), 12) for shard in (0, 1)]  # 4 epochs of 3 batches per shard.
+  # Shares of 12 and 11 examples: the last batch of each epoch is 2 and 1 examples, then padding.
+  assert [int(b["valid"].sum()) for b in streams[0][:3]] == [5, 5, 2]
+  assert [int(b["valid"].sum()) for b in streams[1][:3]] == [5, 5, 1]
+  epochs = [(_clips(streams[0][3 * e:3 * e + 3]), _clips(streams[1][3 * e:3 * e + 3]))
+            for e in range(4)]
   for first, second in epochs:  # Every epoch: a fresh global permutation split over the shards.
     assert sorted(first + second) == sorted(e["clip_id"] for e in splits["train"])
   assert epochs[0][0] != epochs[1][0]
-  _assert_batches_equal(streams[0], _take(make(0, 0), 10))
-  assert _clips(_take(make(1, 0), 2)) != clips[0][:10]
+  _assert_batches_equal(streams[0], _take(make(0, 0), 12))
+  assert _clips(_take(make(1, 0), 2)) != _clips(streams[0][:2])
+
+
+@pytest.mark.parametrize("num_records,shard_count,batch_size", [
+    (23, 2, 5), (10, 3, 2), (7, 4, 1), (9, 2, 8), (16, 4, 4), (5, 5, 3)])
+def test_global_batches_hold_distinct_clips_and_every_shard_runs_the_same_steps(
+    num_records, shard_count, batch_size):
+  """Multi-host training input: N need not divide over the processes. Every global batch (batch k of
+  every shard) holds distinct examples, every epoch shows each example once, and all shards run
+  the same number of batches per epoch."""
+  plans = [input_pipeline.ShardPlan(num_records, batch_size, s, shard_count, shuffle=True, seed=3,
+                                    num_epochs=None) for s in range(shard_count)]
+  per_epoch = {p.batches_per_epoch for p in plans}
+  assert per_epoch == {math.ceil(num_records / (shard_count * batch_size))}
+  steps = per_epoch.pop()
+  for epoch in range(3):
+    seen = []
+    for k in range(epoch * steps, (epoch + 1) * steps):
+      rows = np.concatenate([p.batch_indices(k) for p in plans])
+      rows = rows[rows >= 0]
+      assert len(set(rows.tolist())) == len(rows), (k, rows)
+      seen += rows.tolist()
+    assert sorted(seen) == list(range(num_records)), epoch
 
 
 def test_state_restore_gives_identical_batches(dataset):

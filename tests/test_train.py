@@ -13,33 +13,10 @@ from gems_jax import tasks
 from gems_jax import train
 from gems_jax.data import input_pipeline
 from gems_jax.data import planted
-from gems_jax.data import tfds_writer
 from gems_jax.training import sharding as shd
+from planted_runs import small_config
 
 HEADS = ("group_emotion", "group_category", "situation")
-
-
-@pytest.fixture(scope="module")
-def planted_dir(tmp_path_factory) -> str:
-  spec = planted.planted_spec()
-  root = tmp_path_factory.mktemp("planted")
-  splits = {"train": planted.make_planted_examples(spec, 192, seed=1),
-            "val": planted.make_planted_examples(spec, 48, seed=2),
-            "test": planted.make_planted_examples(spec, 60, seed=3)}  # 60: a partial last batch.
-  return str(tfds_writer.write_dataset(root, spec, splits))
-
-
-def small_config(data_dir: str, **overrides):
-  config = gems_config.get_config("runlocal")
-  config.input.data_dir = data_dir
-  config.input.batch_size = 16
-  config.eval.batch_size = 16
-  config.model.face_encoder.frozen = True
-  config.train.log_every_steps = 4
-  for key, value in overrides.items():
-    section, name = key.split(".")
-    config[section][name] = value
-  return config
 
 
 def test_learns_planted_signal_and_beats_majority_baselines(planted_dir, tmp_path):

@@ -12,14 +12,16 @@ strings as numpy object arrays (dropped when keep_strings=False), plus `valid` b
 Index plan (`ShardPlan`): each epoch orders the N examples (in storage order, or a permutation
 drawn from (seed, epoch) when shuffling; the same on every host), and shard s of n takes the
 positions s, s + n, s + 2n, ... of that order, so shards are disjoint and their union is the split.
-A shard's stream is its epochs one after another, cut into batches of b (a batch may span two
-epochs). When shuffling, the global permutation changes every epoch, so which examples a shard
-gets changes too (each epoch is still split disjointly and completely over the shards).
-  * Finite passes (num_epochs = E): every shard yields ceil(E * ceil(N / n) / b) batches; the
-    missing tail is filled with padding examples (`spec.padding_example`, `valid` False). So every
-    host runs the same number of steps (no multi-host deadlock) and no example is dropped.
-  * num_epochs=None repeats forever with full batches (a fresh permutation per epoch when
-    shuffling); it needs N >= n so that every shard has examples.
+Every epoch is ceil(ceil(N / n) / b) batches on every shard (= ceil(N / (n b)), the steps of a
+global epoch); a shard whose share is shorter (N not divisible by n, or by b) fills its last batch
+of the epoch with padding examples (`spec.padding_example`, `valid` False, masked out of losses and
+metrics). So
+  * every process runs the same number of steps per epoch (no multi-host deadlock),
+  * no batch spans two epochs, so a global batch never holds a clip twice, and
+  * every epoch shows every example exactly once; none is dropped.
+num_epochs=E gives E such epochs (evaluation: E = 1); num_epochs=None repeats them forever
+(training), with a fresh permutation per epoch when shuffling (which examples a shard gets changes
+too; each epoch is still split disjointly and completely over the shards).
 
 Each batch is one element of a grain `MapDataset` (computed from its position alone), so the
 batches do not depend on `worker_count`, and the iterator's `get_state()`/`set_state()` resume
@@ -119,22 +121,24 @@ class ShardPlan:
     return len(range(self.shard_index, self.num_records, self.shard_count))
 
   @property
+  def batches_per_epoch(self) -> int:
+    """Batches of one epoch, equal on every shard (the longest shard's share, rounded up)."""
+    return max(1, math.ceil(math.ceil(self.num_records / self.shard_count) / self.batch_size))
+
+  @property
   def num_batches(self) -> int | None:
     """Batches of a finite pass (equal on every shard); None when repeating forever."""
-    if self.num_epochs is None:
-      return None
-    longest_shard = math.ceil(self.num_records / self.shard_count)
-    return math.ceil(self.num_epochs * longest_shard / self.batch_size)
+    return None if self.num_epochs is None else self.num_epochs * self.batches_per_epoch
 
   def batch_indices(self, batch: int) -> np.ndarray:
     """int64 [batch_size] example indices of batch number `batch`; -1 marks padding."""
-    positions = batch * self.batch_size + np.arange(self.batch_size)
-    total = math.inf if self.num_epochs is None else self.num_epochs * self.per_epoch
+    epoch, first = divmod(batch, self.batches_per_epoch)
     out = np.full(self.batch_size, -1, np.int64)
-    for i, position in enumerate(positions):
-      if position < total:
-        epoch, j = divmod(int(position), self.per_epoch)
-        order = _epoch_order(self.num_records, self.shuffle, self.seed, epoch)
+    if self.num_epochs is not None and epoch >= self.num_epochs:
+      return out
+    order = _epoch_order(self.num_records, self.shuffle, self.seed, epoch)
+    for i, j in enumerate(range(first * self.batch_size, (first + 1) * self.batch_size)):
+      if j < self.per_epoch:
         out[i] = order[self.shard_index + j * self.shard_count]
     return out
 

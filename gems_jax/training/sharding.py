@@ -77,9 +77,48 @@ def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str,
           for k, v in local_batch.items()}
 
 
-def per_process_batch_size(global_batch_size: int, mesh: Mesh) -> int:
+def per_process_batch_size(global_batch_size: int, mesh: Mesh,
+                           key: str = "config.input.batch_size") -> int:
   """The batch each process feeds; checks that the global batch splits over devices and hosts."""
-  if global_batch_size % mesh.size:
-    raise ValueError(f"batch size {global_batch_size} is not divisible by the {mesh.size} devices "
-                     f"of the mesh {dict(mesh.shape)}")
+  if global_batch_size < 1 or global_batch_size % mesh.size:
+    raise ValueError(f"{key}={global_batch_size} is not a positive multiple of the {mesh.size} "
+                     f"devices of the mesh {dict(mesh.shape)}")
   return global_batch_size // jax.process_count()
+
+
+def process_rows(mesh: Mesh, global_batch_size: int) -> list[np.ndarray]:
+  """For each process, the global batch rows its local rows land on, in local order.
+
+  `global_batch` places a process's local rows on the rows of its devices in increasing order. The
+  devices of a process need not be neighbours in the mesh (on TPU `jax.make_mesh` orders devices by
+  the physical topology, not by process), so process p's rows may be interleaved with others'.
+  """
+  rows: dict[int, set[int]] = {}
+  indices = batch_sharding(mesh).devices_indices_map((global_batch_size,))
+  for device, index in indices.items():
+    rows.setdefault(device.process_index, set()).update(range(*index[0].indices(global_batch_size)))
+  return [np.array(sorted(rows[p]), np.int64) for p in sorted(rows)]
+
+
+def gather_host_values(host: Mapping[str, np.ndarray], mesh: Mesh, max_bytes: int = 256
+                       ) -> dict[str, np.ndarray]:
+  """Host-only string arrays (e.g. clip ids) of every process, in the row order of the global batch.
+
+  Each process passes its local [b] object array per key; the result is [b * process_count], row
+  i belonging to row i of the global jax.Arrays built by `global_batch` (so to their outputs).
+  Strings are cut to `max_bytes` UTF-8 bytes.
+  """
+  if jax.process_count() == 1:
+    return dict(host)
+  from jax.experimental import multihost_utils
+  out = {}
+  for key, values in host.items():
+    raw = [str(v).encode()[:max_bytes] for v in values]
+    padded = np.array([list(r.ljust(max_bytes, b"\0")) for r in raw], np.uint8)
+    gathered = np.asarray(multihost_utils.process_allgather(padded.reshape(len(raw), max_bytes),
+                                                            tiled=True))
+    order = np.concatenate(process_rows(mesh, len(gathered)))
+    strings = np.empty(len(gathered), dtype=object)
+    strings[order] = [bytes(row).rstrip(b"\0").decode(errors="replace") for row in gathered]
+    out[key] = strings
+  return out
