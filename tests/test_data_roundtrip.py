@@ -9,6 +9,7 @@ from PIL import Image
 
 from gems_jax.data import input_pipeline, npz_records, planted, tfds_writer
 from gems_jax.data import spec as spec_lib
+from gems_jax.data import validation
 
 
 def _write(root, spec, n_train=12, n_val=5):
@@ -51,8 +52,12 @@ def test_spec_extract_config_round_trips_and_old_meta_files_load():
   assert spec.extract_config["mtcnn_thresholds"] == [0.6, 0.7, 0.7]  # As JSON holds it.
   assert spec_lib.DatasetSpec.from_json(spec.to_json()) == spec
   old = json.loads(spec.to_json())
-  del old["extract_config"]  # gems_meta.json of a build before the field existed.
-  assert spec_lib.DatasetSpec.from_json(json.dumps(old)).extract_config == {}
+  for key in ("extract_config", "kind", "num_whole_frames", "whole_frame_size",
+              "whole_frame_embed_dim", "audio_samples", "audio_rate"):
+    del old[key]  # gems_meta.json of a build before these fields existed.
+  old_spec = spec_lib.DatasetSpec.from_json(json.dumps(old))
+  assert old_spec.extract_config == {} and old_spec.kind == "faces"
+  assert not old_spec.num_whole_frames and not old_spec.audio_samples
   with pytest.raises(ValueError, match="extract_config.*num_frames"):
     planted.planted_spec(num_frames=4, extract_config=config)
   with pytest.raises(ValueError, match="JSON-serialisable"):
@@ -64,7 +69,7 @@ def test_roundtrip_every_key_per_clip(written):
   assert input_pipeline.load_spec(path) == spec
   assert input_pipeline.load_spec(path.parent.parent) == spec  # The TFDS data_dir works too.
   for split, examples in splits.items():
-    expected = {e["clip_id"]: spec_lib.validate_example(e, spec) for e in examples}
+    expected = {e["clip_id"]: validation.validate_example(e, spec) for e in examples}
     source = tfds.data_source(spec.name, data_dir=str(path.parent.parent), split=split)
     assert len(source) == len(expected) == input_pipeline.num_examples(path, split)
     stored = [source[i] for i in range(len(source))]
@@ -125,7 +130,7 @@ def _bad_jpeg(size):
 def test_validation_errors_name_key_and_values():
   spec = planted.planted_spec()
   good = planted.make_planted_examples(spec, 1, seed=3)[0]
-  assert spec_lib.validate_example(good, spec)["group_emotion"].dtype == np.int32
+  assert validation.validate_example(good, spec)["group_emotion"].dtype == np.int32
   face = tuple(int(i) for i in np.argwhere(good["face_mask"])[0])
   empty = tuple(int(i) for i in np.argwhere(~good["face_mask"])[0])
   nan_face = good["individual_valence"].copy()
@@ -137,19 +142,19 @@ def test_validation_errors_name_key_and_values():
   cases = [
       (_break(good, "frame_index", np.zeros(9, np.int32)), "frame_index", r"\(8,\).*\(9,\)"),
       (_break(good, "group_emotion", 9), "group_emotion", "9"),
-      (_break(good, "valence", np.float32("nan")), "valence", "nan"),
+      (_break(good, "valence", np.float32(-2.0)), "valence", "-2.0"),
       (_break(good, "arousal", 1.5), "arousal", "1.5"),
       (_break(good, "group_category", 0.5), "group_category", "float64"),
       (_break(good, "individual_valence", nan_face), "individual_valence", "7.0"),
       (_break(good, "face_track", filled), "face_track", "empty slots"),
       (_break(good, "step_mask", holes), "step_mask", "prefix"),
-      (_break(good, "situational_emotion", np.zeros(10)), "situational_emotion", "positive"),
+      (_break(good, "situational_emotion", np.full(10, 2.0)), "situational_emotion", "multi-hot"),
       (_break(good, "clip_id", ""), "clip_id", "non-empty"),
       ({k: v for k, v in good.items() if k != "situation"}, "situation", "missing"),
   ]
   for example, key, detail in cases:
     with pytest.raises(ValueError, match=f"'{key}'.*{detail}"):
-      spec_lib.validate_example(example, spec)
+      validation.validate_example(example, spec)
 
   crops = planted.planted_spec(storage="crops")
   good_crops = planted.make_planted_examples(crops, 1, seed=3)[0]
@@ -157,9 +162,9 @@ def test_validation_errors_name_key_and_values():
   wrong_size[np.nonzero(good_crops["face_mask"])[0][0],
              np.nonzero(good_crops["face_mask"])[1][0]] = _bad_jpeg(crops.face_size + 1)
   with pytest.raises(ValueError, match="'faces'.*17x17"):
-    spec_lib.validate_example(_break(good_crops, "faces", wrong_size), crops)
+    validation.validate_example(_break(good_crops, "faces", wrong_size), crops)
   with pytest.raises(ValueError, match="'face_embedding'.*unexpected"):
-    spec_lib.validate_example(_break(good_crops, "face_embedding", np.zeros(3)), crops)
+    validation.validate_example(_break(good_crops, "face_embedding", np.zeros(3)), crops)
 
 
 def test_npz_records_round_trip_is_exact_and_atomic(tmp_path):
@@ -218,7 +223,7 @@ def test_planted_examples_are_valid_deterministic_and_follow_the_rules():
   assert {e["source_video"] for e in first}.isdisjoint({e["source_video"] for e in other})
   padded_steps = padded_slots = 0
   for example in first:
-    clean = spec_lib.validate_example(example, spec)
+    clean = validation.validate_example(example, spec)
     mask = clean["face_mask"]
     true_emotion = np.argmax(  # The nearest prototype recovers most individual emotions.
         clean["face_embedding"][mask] @ planted._World(spec, 0).face_proto.T, axis=-1)
@@ -232,3 +237,71 @@ def test_planted_examples_are_valid_deterministic_and_follow_the_rules():
   for key, classes in (("group_emotion", 9), ("group_category", 3), ("situation", 10)):
     shares = np.bincount([int(e[key]) for e in many], minlength=classes) / 300
     assert shares.max() < 2.0 / classes, (key, shares)  # Balanced-ish: no dominant class.
+
+
+def _jpeg(pixels: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(pixels).save(buf, format="JPEG", quality=95)
+  return buf.getvalue()
+
+
+def _with_media(example: dict, spec, rng: np.random.Generator, has_audio: bool) -> dict:
+  """A planted example plus 2 real whole frames of 3 and audio; without face keys if privacy."""
+  out = {k: v for k, v in example.items()
+         if spec.kind == "faces" or k not in spec_lib.FACE_KEYS}
+  height, width = spec.whole_frame_size
+  frames = np.full(spec.num_whole_frames, b"", dtype=object)
+  for t in range(2):
+    frames[t] = _jpeg(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+  out.update(whole_frames=frames, whole_frame_index=np.array([0, 5, -1], np.int32),
+             whole_frame_mask=np.array([True, True, False]))
+  length = 600 if has_audio else 0
+  audio = np.zeros(spec.audio_samples, np.int16)
+  audio[:length] = rng.integers(-30000, 30000, length)
+  out.update(audio=audio, audio_length=length, has_audio=has_audio)
+  return out
+
+
+@pytest.mark.parametrize("kind", ["privacy", "faces"])
+def test_whole_frames_and_audio_round_trip_and_privacy_holds_no_face_field(kind, tmp_path):
+  spec = planted.planted_spec(num_frames=3, max_faces=2, text_dim=4, embed_dim=4)
+  if kind == "privacy":
+    spec = planted.planted_spec(num_frames=3, max_faces=2, text_dim=4, storage="crops")
+  spec = spec_lib.DatasetSpec(**{**spec.__dict__, "kind": kind, "num_whole_frames": 3,
+                                 "whole_frame_size": (8, 12), "audio_samples": 800})
+  rng = np.random.default_rng(0)
+  base = planted.make_planted_examples(
+      planted.planted_spec(num_frames=3, max_faces=2, text_dim=4, embed_dim=4), 5, seed=0)
+  examples = [_with_media(e, spec, rng, has_audio=i != 2) for i, e in enumerate(base)]
+  path = tfds_writer.write_dataset(tmp_path, spec, {"train": examples})
+  assert input_pipeline.load_spec(path) == spec
+  if kind == "privacy":
+    assert not set(spec_lib.example_keys(spec)) & set(spec_lib.FACE_KEYS)
+    assert not set(spec_lib.features(spec).keys()) & set(spec_lib.FACE_KEYS)
+  batch = next(input_pipeline.iterate_split_once(path, "train", batch_size=8))
+  assert batch["whole_frames"].shape == (8, 3, 8, 12, 3)
+  for i, example in enumerate(examples):
+    clean = validation.validate_example(example, spec)
+    for key in spec_lib.array_specs(spec):
+      _assert_same(clean[key], batch[key][i], key)
+    for t in range(2):
+      expected = np.asarray(Image.open(io.BytesIO(example["whole_frames"][t])).convert("RGB"))
+      np.testing.assert_array_equal(batch["whole_frames"][i, t], expected)
+    assert not batch["whole_frames"][i, 2].any()
+  assert batch["audio"].dtype == np.int16 and batch["has_audio"].tolist()[:5] == [
+      True, True, False, True, True]
+  assert not batch["audio"][5:].any() and not batch["whole_frames"][5:].any()  # Padding.
+
+  good = examples[0]
+  loud_tail = good["audio"].copy()
+  loud_tail[700] = 5
+  cases = [(_break(good, "audio", loud_tail), "audio", "past audio_length=600"),
+           (_break(good, "has_audio", False), "audio_length", "has_audio is False"),
+           (_break(good, "whole_frame_mask", np.array([False, True, False])), "whole_frame_mask",
+            "prefix"),
+           (_break(good, "audio", np.full(800, 40000)), "audio", "int16")]
+  if kind == "privacy":
+    cases.append((_break(good, "face_mask", base[0]["face_mask"]), "face_mask", "unexpected"))
+  for example, key, detail in cases:
+    with pytest.raises(ValueError, match=f"'{key}'.*{detail}"):
+      validation.validate_example(example, spec)

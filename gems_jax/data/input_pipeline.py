@@ -7,6 +7,7 @@
 
 Batches follow the schema in `gems_jax/data/spec.py`: the example keys stacked over a leading dim b, `faces`
 decoded to uint8 [b, T, K, S, S, 3] (zeros for empty slots; dropped when decode_faces=False),
+`whole_frames` to uint8 [b, T_v, H, W, 3],
 strings as numpy object arrays (dropped when keep_strings=False), plus `valid` bool [b].
 
 Index plan (`ShardPlan`): each epoch orders the N examples (in storage order, or a permutation
@@ -148,26 +149,34 @@ def _record_to_example(record: dict[str, Any], spec: spec_lib.DatasetSpec) -> di
   out: dict[str, Any] = {key: record[key].decode("utf-8") for key in spec_lib.STRING_KEYS}
   for key, (_, dtype) in spec_lib.array_specs(spec).items():
     out[key] = np.asarray(record[key], dtype=dtype)
-  if spec.storage == "crops":
-    out["faces"] = record["faces"]
+  for key in spec_lib.byte_keys(spec):
+    out[key] = record[key]
   return out
 
 
-def _decode_faces(examples: list[dict[str, Any]], spec: spec_lib.DatasetSpec) -> np.ndarray:
-  s = spec.face_size
-  out = np.zeros((len(examples), spec.num_frames, spec.max_faces, s, s, 3), np.uint8)
+# JPEG key -> (its mask key, (height, width) of an image).
+_IMAGE_KEYS = {"faces": ("face_mask", lambda spec: (spec.face_size,) * 2),
+               "whole_frames": ("whole_frame_mask", lambda spec: spec.whole_frame_size)}
+
+
+def _decode_images(examples: list[dict[str, Any]], spec: spec_lib.DatasetSpec, key: str
+                   ) -> np.ndarray:
+  """JPEG bytes [b, *slots] -> uint8 [b, *slots, H, W, 3] (zeros where the mask is False)."""
+  mask_key, size = _IMAGE_KEYS[key]
+  shape = (*size(spec), 3)
+  out = np.zeros((len(examples), *examples[0][mask_key].shape, *shape), np.uint8)
   for b, example in enumerate(examples):
-    for t, k in zip(*np.nonzero(example["face_mask"])):
+    for slot in zip(*np.nonzero(example[mask_key])):
       try:
-        with Image.open(io.BytesIO(example["faces"][t, k])) as img:
+        with Image.open(io.BytesIO(example[key][slot])) as img:
           pixels = np.asarray(img.convert("RGB"))
       except Exception as e:  # PIL raises several types for corrupt data.
-        raise ValueError(f"example {example['clip_id']!r}: key 'faces': slot ({t}, {k}) does not "
+        raise ValueError(f"example {example['clip_id']!r}: key {key!r}: slot {slot} does not "
                          f"decode: {e}") from e
-      if pixels.shape != (s, s, 3):
-        raise ValueError(f"example {example['clip_id']!r}: key 'faces': slot ({t}, {k}) is "
-                         f"{pixels.shape}, expected {(s, s, 3)}")
-      out[b, t, k] = pixels
+      if pixels.shape != shape:
+        raise ValueError(f"example {example['clip_id']!r}: key {key!r}: slot {slot} is "
+                         f"{pixels.shape}, expected {shape}")
+      out[(b, *slot)] = pixels
   return out
 
 
@@ -190,8 +199,9 @@ class MakeBatch(grain.transforms.Map):
     if self._keep_strings:
       for key in spec_lib.STRING_KEYS:
         batch[key] = np.array([e[key] for e in examples], dtype=object)
-    if self._spec.storage == "crops" and self._decode_faces:
-      batch["faces"] = _decode_faces(examples, self._spec)
+    for key in spec_lib.byte_keys(self._spec):
+      if key == "whole_frames" or self._decode_faces:
+        batch[key] = _decode_images(examples, self._spec, key)
     batch["valid"] = valid
     return batch
 

@@ -8,39 +8,44 @@ extracted each clip (a JSON object whose keys `preprocessing.extract.extract_cli
 a new clip can be extracted exactly as the training data was; it is empty when unknown (a dataset
 imported from precomputed features, or a `gems_meta.json` written before the field existed).
 
-Storage modes:
+Kinds (`kind`, which fields identify people):
+  'faces'      the GEMS dataset: per step t < T, up to K faces (crops or embeddings, boxes, scores,
+               track ids, individual labels). Datasets written before `kind` existed are this kind.
+  'privacy'    nothing that identifies a person: no face, box, track id, per-face label or per-step
+               face field at all (T and K are unused); whole frames and/or audio, text, clip labels.
+Either kind may also carry
+  whole frames `whole_frames` [T_v] JPEG bytes (RGB, H x W; b'' on a padded frame) with
+               `whole_frame_index` [T_v] (-1 padded) and `whole_frame_mask` [T_v] (a True prefix), or
+               `whole_frame_embedding` [T_v, E_v] float32 instead of JPEGs when whole_frame_embed_dim > 0;
+  audio        `audio` int16 [S] mono at `audio_rate` Hz from the first video frame's time, zero past
+               `audio_length` (int32, real samples); `has_audio` False (length 0, all zero) when the
+               clip has no (readable) audio stream.
+Face storage modes:
   'crops'      `faces`: [T, K] JPEG byte strings (RGB, S x S; b'' for an empty slot), decoded by the
                reader. Stored as a TFDS `Tensor` of bytes (reads and writes without TensorFlow).
   'embeddings' `face_embedding`: float32 [T, K, E] instead of `faces` (e.g. the authors' 1024-d
                per-step Swin-B features with K = 1).
 
-Rules `validate_example` enforces beyond dtypes and shapes (decided here, recorded in the contract):
-  * Padded steps come last: `step_mask` is True for a prefix of at least one step;
-    `frame_index` is >= 0 on real steps and -1 on padded ones; padded steps hold no faces.
-  * An empty slot (face_mask False) holds the fill values: faces b'', face_embedding 0,
-    face_boxes 0, face_scores 0, face_track -1, individual_emotion -1, individual V/A NaN.
-  * A real slot: a JPEG of S x S RGB (header checked), finite box with x1 <= x2, y1 <= y2, score in
-    [0, 1], track >= 0, individual_emotion in [-1, num_emotions), individual V/A NaN or in range.
-  * A text part that is absent (text_mask False) has an all-zero embedding row.
-  * Clip labels are always present: class ids in range, valence/arousal finite and in range,
-    situational_emotion multi-hot in {0, 1} with at least one positive.
+Examples are checked against this schema by `gems_jax.data.validation.validate_example`.
 """
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
-import math
 import pathlib
 import re
 from typing import Any, Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
 META_FILENAME = "gems_meta.json"
+KINDS = ("faces", "privacy")
 STORAGES = ("crops", "embeddings")
+# Keys of the 'faces' kind only: what a 'privacy' dataset never holds.
+FACE_KEYS = ("faces", "face_embedding", "frame_index", "step_mask", "face_boxes", "face_scores",
+             "face_track", "face_mask", "individual_emotion", "individual_valence",
+             "individual_arousal")
 DEFAULT_EMOTION_NAMES = ("fear", "anger", "joy", "sadness", "disgust", "surprise", "trust",
                          "anticipation", "none")
 DEFAULT_GROUP_CATEGORY_NAMES = ("positive", "neutral", "negative")
@@ -49,7 +54,9 @@ DEFAULT_SITUATION_NAMES = tuple(f"situation_{i}" for i in range(10))
 STRING_KEYS = ("clip_id", "source_video", "description")
 # The value of an empty face slot or a padded step, per key (0 / False / b'' for the others).
 FILL_VALUES = {"frame_index": -1, "face_track": -1, "individual_emotion": -1,
-               "individual_valence": np.nan, "individual_arousal": np.nan}
+               "individual_valence": np.nan, "individual_arousal": np.nan, "whole_frame_index": -1}
+# The value of a missing clip label (situational_emotion: every class 0).
+MISSING_LABELS = {"valence": np.nan, "arousal": np.nan, "situational_emotion": 0.0, "situation": -1}
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 
@@ -72,6 +79,12 @@ class DatasetSpec:
   valence_range: tuple[float, float] = (-1.0, 1.0)
   arousal_range: tuple[float, float] = (-1.0, 1.0)
   version: str = "1.0.0"  # TFDS version folder.
+  kind: str = "faces"  # 'faces' or 'privacy' (see the module docstring).
+  num_whole_frames: int = 0  # T_v whole frames per clip; 0 = none stored.
+  whole_frame_size: tuple[int, int] = (224, 224)  # (H, W) of a stored whole frame.
+  whole_frame_embed_dim: int = 0  # E_v > 0: frame embeddings are stored instead of JPEGs.
+  audio_samples: int = 0  # S, int16 mono samples per clip; 0 = no audio stored.
+  audio_rate: int = 16000  # Hz.
   # The build's extraction settings (see the module docstring); {} = unknown. Not hashed: a dict.
   extract_config: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
@@ -99,7 +112,25 @@ class DatasetSpec:
     if (self.storage == "embeddings") != (self.embed_dim > 0):
       raise ValueError(f"DatasetSpec.embed_dim must be > 0 exactly when storage='embeddings'; "
                        f"got storage={self.storage!r}, embed_dim={self.embed_dim}")
+    self._check_media()
     self._check_extract_config()
+
+  def _check_media(self):
+    object.__setattr__(self, "whole_frame_size", tuple(int(v) for v in self.whole_frame_size))
+    if self.kind not in KINDS:
+      raise ValueError(f"DatasetSpec.kind must be one of {KINDS}, got {self.kind!r}")
+    for field in ("num_whole_frames", "whole_frame_embed_dim", "audio_samples"):
+      if int(getattr(self, field)) < 0:
+        raise ValueError(f"DatasetSpec.{field} must be >= 0, got {getattr(self, field)}")
+    if len(self.whole_frame_size) != 2 or min(self.whole_frame_size) < 1 or self.audio_rate < 1:
+      raise ValueError(f"DatasetSpec: whole_frame_size {self.whole_frame_size} must be two sizes "
+                       f">= 1 and audio_rate {self.audio_rate} >= 1")
+    if self.kind == "privacy" and (self.storage != "crops" or self.embed_dim):
+      raise ValueError("DatasetSpec: a 'privacy' dataset has no face storage (storage='crops', "
+                       f"embed_dim=0), got storage={self.storage!r}, embed_dim={self.embed_dim}")
+    if self.kind == "privacy" and not (self.num_whole_frames or self.audio_samples):
+      raise ValueError("DatasetSpec: a 'privacy' dataset needs whole frames or audio "
+                       "(num_whole_frames or audio_samples > 0)")
 
   def _check_extract_config(self):
     """Keeps `extract_config` as its JSON round trip and checks the sizes it names against T, K, S.
@@ -170,37 +201,57 @@ def read_spec(dataset_dir: str | pathlib.Path) -> DatasetSpec:
 def array_specs(spec: DatasetSpec) -> dict[str, tuple[tuple[int, ...], type]]:
   """Numeric keys of one example: key -> (shape, canonical numpy dtype)."""
   t, k = spec.num_frames, spec.max_faces
-  specs = {
-      "frame_index": ((t,), np.int32), "step_mask": ((t,), np.bool_),
-      "face_boxes": ((t, k, 4), np.float32), "face_scores": ((t, k), np.float32),
-      "face_track": ((t, k), np.int32), "face_mask": ((t, k), np.bool_),
-      "individual_emotion": ((t, k), np.int32),
-      "individual_valence": ((t, k), np.float32), "individual_arousal": ((t, k), np.float32),
+  specs = {}
+  if spec.kind == "faces":
+    specs.update({
+        "frame_index": ((t,), np.int32), "step_mask": ((t,), np.bool_),
+        "face_boxes": ((t, k, 4), np.float32), "face_scores": ((t, k), np.float32),
+        "face_track": ((t, k), np.int32), "face_mask": ((t, k), np.bool_),
+        "individual_emotion": ((t, k), np.int32),
+        "individual_valence": ((t, k), np.float32), "individual_arousal": ((t, k), np.float32)})
+    if spec.storage == "embeddings":
+      specs["face_embedding"] = ((t, k, spec.embed_dim), np.float32)
+  specs.update({
       "text_embedding": ((spec.text_parts, spec.text_dim), np.float32),
       "text_mask": ((spec.text_parts,), np.bool_),
       "group_emotion": ((), np.int32), "group_category": ((), np.int32),
       "valence": ((), np.float32), "arousal": ((), np.float32),
       "situational_emotion": ((spec.num_situational_emotions,), np.float32),
       "situation": ((), np.int32),
-  }
-  if spec.storage == "embeddings":
-    specs["face_embedding"] = ((t, k, spec.embed_dim), np.float32)
+  })
+  if tv := spec.num_whole_frames:
+    specs.update({"whole_frame_index": ((tv,), np.int32), "whole_frame_mask": ((tv,), np.bool_)})
+    if spec.whole_frame_embed_dim:
+      specs["whole_frame_embedding"] = ((tv, spec.whole_frame_embed_dim), np.float32)
+  if spec.audio_samples:
+    specs.update({"audio": ((spec.audio_samples,), np.int16), "audio_length": ((), np.int32),
+                  "has_audio": ((), np.bool_)})
   return specs
+
+
+def byte_keys(spec: DatasetSpec) -> tuple[str, ...]:
+  """Keys stored as object arrays of JPEG bytes: `faces` [T, K] and/or `whole_frames` [T_v]."""
+  faces = ("faces",) if spec.kind == "faces" and spec.storage == "crops" else ()
+  frames = ("whole_frames",) if spec.num_whole_frames and not spec.whole_frame_embed_dim else ()
+  return faces + frames
+
+
+def _byte_shape(spec: DatasetSpec, key: str) -> tuple[int, ...]:
+  return (spec.num_frames, spec.max_faces) if key == "faces" else (spec.num_whole_frames,)
 
 
 def example_keys(spec: DatasetSpec) -> tuple[str, ...]:
   """Every key of a stored example, in a stable order."""
-  face_key = ("faces",) if spec.storage == "crops" else ()
-  return STRING_KEYS + face_key + tuple(array_specs(spec))
+  return STRING_KEYS + byte_keys(spec) + tuple(array_specs(spec))
 
 
 def features(spec: DatasetSpec) -> tfds.features.FeaturesDict:
   """TFDS features for `spec`; all `Tensor`/`Text`, so TensorFlow is never needed."""
   feats: dict[str, Any] = {key: tfds.features.Text() for key in STRING_KEYS}
-  if spec.storage == "crops":
-    feats["faces"] = tfds.features.Tensor(shape=(spec.num_frames, spec.max_faces),
-                                          dtype=np.object_)
-  big = ("face_embedding", "text_embedding")  # Raw bytes: 4x faster to write than float lists.
+  for key in byte_keys(spec):
+    feats[key] = tfds.features.Tensor(shape=_byte_shape(spec, key), dtype=np.object_)
+  # Raw bytes: 4x faster to write than number lists.
+  big = ("face_embedding", "text_embedding", "whole_frame_embedding", "audio")
   for key, (shape, dtype) in array_specs(spec).items():
     encoding = tfds.features.Encoding.BYTES if key in big else tfds.features.Encoding.NONE
     feats[key] = tfds.features.Tensor(shape=shape, dtype=dtype, encoding=encoding)
@@ -214,142 +265,8 @@ def padding_example(spec: DatasetSpec) -> dict[str, Any]:
   labels are 0 (not -1/NaN) so that a loss multiplied by `valid` stays finite.
   """
   out: dict[str, Any] = {key: "" for key in STRING_KEYS}
-  if spec.storage == "crops":
-    out["faces"] = np.full((spec.num_frames, spec.max_faces), b"", dtype=object)
+  for key in byte_keys(spec):
+    out[key] = np.full(_byte_shape(spec, key), b"", dtype=object)
   for key, (shape, dtype) in array_specs(spec).items():
     out[key] = np.full(shape, FILL_VALUES.get(key, 0), dtype=dtype)
-  return out
-
-
-def _fail(clip: str, key: str, message: str):
-  raise ValueError(f"example {clip!r}: key {key!r}: {message}")
-
-
-def _canonical_array(clip: str, key: str, value: Any, shape: tuple[int, ...], dtype) -> np.ndarray:
-  """Checks kind and shape of a numeric value and returns it with the canonical dtype."""
-  arr = np.asarray(value)
-  kind = np.dtype(dtype).kind
-  ok_kinds = {"b": "b", "i": "iu", "f": "f"}[kind]
-  if arr.dtype.kind not in ok_kinds:
-    _fail(clip, key, f"expected dtype {np.dtype(dtype).name} {shape}, got {arr.dtype.name} "
-          f"{arr.shape}")
-  if arr.shape != shape:
-    _fail(clip, key, f"expected shape {shape} ({np.dtype(dtype).name}), got {arr.shape}")
-  if kind == "i" and arr.size and (arr.min() < -2**31 or arr.max() >= 2**31):
-    _fail(clip, key, f"values do not fit int32: min {arr.min()}, max {arr.max()}")
-  return arr.astype(dtype)
-
-
-def _check_range(clip: str, key: str, arr: np.ndarray, lo: float, hi: float, where=None):
-  """Values (where `where`) must lie in [lo, hi]; NaN fails."""
-  sel = arr if where is None else arr[where]
-  bad = ~((sel >= lo) & (sel <= hi))
-  if np.any(bad):
-    _fail(clip, key, f"value {sel[bad].flat[0]} outside [{lo}, {hi}]")
-
-
-def _check_fill(clip: str, key: str, arr: np.ndarray, empty: np.ndarray, fill, what: str):
-  sel = arr[empty]
-  ok = np.isnan(sel) if isinstance(fill, float) and math.isnan(fill) else sel == fill
-  if not np.all(ok):
-    _fail(clip, key, f"{what} must hold {fill}, got {sel[~ok].flat[0]}")
-
-
-def _check_jpeg(clip: str, index: tuple[int, int], data: Any, size: int):
-  if not isinstance(data, bytes) or not data:
-    _fail(clip, "faces", f"slot {index} is a real face (face_mask True) but holds {type(data)} "
-          f"of length {len(data) if isinstance(data, bytes) else '?'}, expected JPEG bytes")
-  try:
-    with Image.open(io.BytesIO(data)) as img:
-      fmt, got_size, mode = img.format, img.size, img.mode
-  except Exception as e:  # PIL raises several types for garbage.
-    _fail(clip, "faces", f"slot {index} is not a readable image: {e}")
-  if fmt != "JPEG" or got_size != (size, size) or mode != "RGB":
-    _fail(clip, "faces", f"slot {index}: expected JPEG RGB {size}x{size}, got {fmt} {mode} "
-          f"{got_size[0]}x{got_size[1]}")
-
-
-def validate_example(example: Mapping[str, Any], spec: DatasetSpec) -> dict[str, Any]:
-  """Checks one example against the contract and returns it with canonical dtypes.
-
-  Accepts any integer / float / bool numpy or Python values of the right shape (e.g. Python ints
-  for scalar labels) and casts them to int32 / float32 / bool. Raises ValueError naming the clip,
-  the key, and the expected and actual dtype, shape or value.
-  """
-  clip = str(example.get("clip_id", "?"))
-  expected = set(example_keys(spec))
-  missing, extra = sorted(expected - set(example)), sorted(set(example) - expected)
-  if missing or extra:
-    _fail(clip, (missing or extra)[0], f"missing keys {missing}, unexpected keys {extra} "
-          f"(storage={spec.storage!r})")
-  out: dict[str, Any] = {}
-  for key in STRING_KEYS:
-    if not isinstance(example[key], str):
-      _fail(clip, key, f"expected str, got {type(example[key]).__name__}")
-    out[key] = example[key]
-  for key in ("clip_id", "source_video"):
-    if not out[key]:
-      _fail(clip, key, "must be a non-empty string")
-  for key, (shape, dtype) in array_specs(spec).items():
-    out[key] = _canonical_array(clip, key, example[key], shape, dtype)
-
-  step, face = out["step_mask"], out["face_mask"]
-  n_real = int(step.sum())
-  if n_real == 0 or not step[:n_real].all():
-    _fail(clip, "step_mask", f"must be True for a prefix of >= 1 steps, got {step.tolist()}")
-  if np.any(out["frame_index"][step] < 0) or np.any(out["frame_index"][~step] != -1):
-    _fail(clip, "frame_index", f"must be >= 0 on real steps and -1 on padded steps, got "
-          f"{out['frame_index'].tolist()} with step_mask {step.tolist()}")
-  if np.any(face[~step]):
-    _fail(clip, "face_mask", "padded steps (step_mask False) must hold no faces")
-  empty = ~face
-  for key, fill in (("face_boxes", 0.0), ("face_scores", 0.0), ("face_track", -1),
-                    ("individual_emotion", -1), ("individual_valence", np.nan),
-                    ("individual_arousal", np.nan)):
-    _check_fill(clip, key, out[key], empty, fill, "empty slots (face_mask False)")
-  boxes = out["face_boxes"][face]
-  if not np.all(np.isfinite(boxes)) or np.any(boxes[:, 2] < boxes[:, 0]) or np.any(
-      boxes[:, 3] < boxes[:, 1]):
-    _fail(clip, "face_boxes", "real faces need finite boxes with x1 <= x2 and y1 <= y2")
-  _check_range(clip, "face_scores", out["face_scores"], 0.0, 1.0, face)
-  if np.any(out["face_track"][face] < 0):
-    _fail(clip, "face_track", "real faces need a track id >= 0")
-  _check_range(clip, "individual_emotion", out["individual_emotion"], -1, spec.num_emotions - 1)
-  for key, (lo, hi) in (("individual_valence", spec.valence_range),
-                        ("individual_arousal", spec.arousal_range)):
-    _check_range(clip, key, out[key], lo, hi, face & ~np.isnan(out[key]))
-
-  if spec.storage == "crops":
-    faces = example["faces"]
-    if not isinstance(faces, np.ndarray) or faces.shape != face.shape:
-      _fail(clip, "faces", f"expected numpy object array of bytes with shape {face.shape}, got "
-            f"{type(faces).__name__} {getattr(faces, 'shape', '')}")
-    for index in zip(*np.nonzero(empty)):
-      if faces[index] != b"":
-        _fail(clip, "faces", f"empty slot {tuple(map(int, index))} must hold b''")
-    for index in zip(*np.nonzero(face)):
-      _check_jpeg(clip, tuple(map(int, index)), faces[index], spec.face_size)
-    out["faces"] = np.array(faces, dtype=object)
-  else:
-    emb = out["face_embedding"]
-    if not np.all(np.isfinite(emb)):
-      _fail(clip, "face_embedding", "must be finite")
-    if np.any(emb[empty] != 0):
-      _fail(clip, "face_embedding", "empty slots (face_mask False) must be all zeros")
-
-  text = out["text_embedding"]
-  if not np.all(np.isfinite(text)):
-    _fail(clip, "text_embedding", "must be finite")
-  if np.any(text[~out["text_mask"]] != 0):
-    _fail(clip, "text_embedding", "rows of absent parts (text_mask False) must be all zeros")
-
-  _check_range(clip, "group_emotion", out["group_emotion"], 0, spec.num_emotions - 1)
-  _check_range(clip, "group_category", out["group_category"], 0, spec.num_group_categories - 1)
-  _check_range(clip, "situation", out["situation"], 0, spec.num_situations - 1)
-  _check_range(clip, "valence", out["valence"], *spec.valence_range)
-  _check_range(clip, "arousal", out["arousal"], *spec.arousal_range)
-  multi_hot = out["situational_emotion"]
-  if not np.all((multi_hot == 0) | (multi_hot == 1)) or multi_hot.sum() < 1:
-    _fail(clip, "situational_emotion", f"expected multi-hot in {{0, 1}} with >= 1 positive, got "
-          f"{multi_hot.tolist()}")
   return out

@@ -5,7 +5,7 @@
     #    tfds.builder_from_directory(path) / tfds.data_source and gems_jax.data.input_pipeline.
 
 The TFDS builder class is generic (built per `DatasetSpec`; its name is `spec.name`). Examples are
-streamed from the split iterables, validated one by one (`spec.validate_example`) and stored in
+streamed from the split iterables, validated one by one (`validation.validate_example`) and stored in
 generation order (`disable_shuffling=True`). Split hygiene: a clip id may appear once in the whole
 dataset, and a source video in one split only (unless `allow_shared_sources=True`), so that clips
 of one video never leak between train and evaluation.
@@ -27,6 +27,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from gems_jax.data import spec as spec_lib
+from gems_jax.data import validation
 
 _TMP_PREFIX = ".tmp-gems-"
 
@@ -79,7 +80,7 @@ class _GemsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     count = 0
     for example in examples:
       try:
-        clean = spec_lib.validate_example(example, self.gems_spec)
+        clean = validation.validate_example(example, self.gems_spec)
       except ValueError as e:
         raise ValueError(f"split {split!r}: {e}") from e
       self._checker.check(split, clean)
