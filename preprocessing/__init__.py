@@ -7,6 +7,8 @@
 
 Modules, in the order data flows through them:
   video.py            PyAV decoding, T sampled frames (uniform or n per second), detection view
+  audio.py            the first audio stream -> int16 mono 16 kHz, aligned with the sampled frames
+  frames.py           T_v whole frames, squashed or letterboxed to H x W, JPEG
   faces.py            MTCNN (facenet-pytorch, bundled weights), top-K selection, square JPEG crops
   tracking.py         IoU tracker: stable track ids across sampled steps
   extract.py          one clip -> the face part of an example; extract_config (+ the one-clip CLI)
@@ -15,7 +17,8 @@ Modules, in the order data flows through them:
   individual.py       per-frame individual annotations attached to detected faces
   features_import.py  the authors' precomputed-feature layout
   report.py           build_report.json
-  pipeline.py         the build stages (text, faces in a process pool, validate + write)
+  workers.py          killable worker processes: a clip that hangs or crashes costs only itself
+  pipeline.py         the build stages (text, faces in worker processes, validate + write)
   build.py            the dataset CLI
   random_text_encoder.py  a random RoBERTa + on-the-fly tokenizer for offline tests and benchmarks
   make_synthetic.py, synthetic/  the synthetic VGAF-GEMS-format data generator (raw inputs above)

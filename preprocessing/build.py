@@ -3,7 +3,7 @@
 From raw clips (decode, MTCNN faces, crops, tracks, text embeddings, labels):
     python -m preprocessing.build --videos DIR --annotations FILE [FILE ...] \
         [--descriptions FILE_OR_DIR] [--individual FILE] [--labels labels.json] --data_dir OUT \
-        [--workers N] [--num_frames 16 --max_faces 8 --face_size 224 ...]
+        [--workers N --clip_timeout 120] [--num_frames 16 --max_faces 8 --face_size 224 ...]
         [--text_encoder PATH_OR_ID --text_pooling mean|cls --text_max_length 128]
 From the authors' precomputed features (<root>/<split>/face_features, text_latent{1,2,3}):
     python -m preprocessing.build --from_features ROOT --data_dir OUT [--num_frames 96]
@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   out.add_argument("--name", default="gems", help="TFDS dataset name")
   out.add_argument("--version", default="1.0.0")
   out.add_argument("--workers", type=int, default=1, help="processes extracting clips")
+  out.add_argument("--clip_timeout", type=float, default=pipeline.CLIP_TIMEOUT,
+                   help="seconds one clip's extraction (decoding + faces) may take; a clip that "
+                        "takes longer (a hung decoder) is killed and skipped. 0: no limit")
   out.add_argument("--num_shards", type=int, default=1)
   out.add_argument("--shard_index", type=int, default=0)
   out.add_argument("--skip_faceless", action="store_true",
@@ -73,6 +76,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
       parser.error("--from_features is a fast import; it does not take --num_shards")
   elif not (args.videos and args.annotations):
     parser.error("need --videos and --annotations (or --from_features ROOT)")
+  if args.clip_timeout < 0:
+    parser.error(f"--clip_timeout must be >= 0 (0: no limit), got {args.clip_timeout}")
+  files = [("annotations", path) for path in args.annotations or []] + [
+      ("individual", args.individual), ("labels", args.labels)]
+  for flag, path in files:  # Checked before any work starts.
+    if path and not os.path.isfile(path):
+      parser.error(f"--{flag} {path}: " + ("is a folder, not a file" if os.path.isdir(path)
+                                           else "no such file"))
   if not 0 <= args.shard_index < args.num_shards:
     parser.error(f"need 0 <= --shard_index < --num_shards, got {args.shard_index}, "
                  f"{args.num_shards}")
@@ -115,8 +126,8 @@ def _face_config(args: argparse.Namespace) -> extract.ExtractConfig:
 
 
 def _text_settings(args: argparse.Namespace) -> text_lib.TextSettings:
-  return text_lib.TextSettings(args.text_encoder, args.text_pooling, args.text_max_length,
-                               args.text_batch_size)
+  return text_lib.TextSettings(text_lib.absolute_encoder_path(args.text_encoder),
+                               args.text_pooling, args.text_max_length, args.text_batch_size)
 
 
 def _report_path(args: argparse.Namespace) -> pathlib.Path:
@@ -194,7 +205,8 @@ def build_from_videos(args: argparse.Namespace, report: BuildReport) -> int:
   text_dim = pipeline.run_text_stage([c for c, _ in jobs], descriptions, work, text_settings,
                                      args.device, report)
   pipeline.run_face_stage(jobs, work, config, report, device=args.device, workers=args.workers,
-                          torch_threads=args.torch_threads, detect_batch=args.detect_batch)
+                          torch_threads=args.torch_threads, detect_batch=args.detect_batch,
+                          clip_timeout=args.clip_timeout)
   if args.num_shards > 1:
     return 0
   people, problems = ({}, {})

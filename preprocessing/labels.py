@@ -9,16 +9,27 @@
 Two CSV layouts are read (the schema in `gems_jax/data/spec.py`):
   ours:      clip_id,split,group_emotion,group_category,valence,arousal,
              situational_emotion,situation
-             (situational_emotion: ';'-separated class indices, one or more)
+             (situational_emotion: ';'-separated class indices; empty = missing)
   authors':  video_file_name,group_emotion,group_emotion_category,class_emotion,class_valence,
              class_arousal,event_emotion,event  (the GEMS labels.csv; event_emotion is one
              situational label, event the situation; class_emotion duplicates group_emotion in
              every released file and is not used; the split comes from the folder name
              <root>/<split>/labels.csv or from `split=`).
+Clip ids: a known video suffix is dropped ('70_25.mp4' is clip '70_25', in both layouts), so an id
+matches its video file <clip_id>.<ext> with or without the extension in the row. An id names files
+(the video, the per-clip caches), so one with '/', '\\' or a control character, or starting with
+'.', is rejected (not encoded): no video file could carry it.
+
+Partially labelled clips: an empty valence, arousal, situational_emotion (event_emotion) or
+situation (event) cell is a missing label, stored as `spec.MISSING_LABELS` (NaN, an all-zero
+multi-hot, -1); the clip is kept and the losses and metrics skip that target. group_emotion and
+group_category are required.
+
 A bad value (not a number, a class out of range, valence/arousal outside the declared range, an
-unknown split, a clip listed twice) makes that clip's row unusable: it lands in `errors` with the
-reason, and the build reports the clip as skipped. A file without the expected header is a
-ValueError naming the file and the columns it lacks.
+unknown split, a bad clip id, a clip listed twice, also as '70_25' and '70_25.mp4') makes that
+clip's row unusable: it lands in `errors` with the reason and the rows, and the build reports the
+clip as skipped. A file without the expected header is a ValueError naming the file and the
+columns it lacks. Files may start with a UTF-8 byte-order mark (Excel writes one).
 """
 from __future__ import annotations
 
@@ -33,14 +44,15 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from gems_jax.data import spec as spec_lib
+from preprocessing import video
 
 SPLITS = ("train", "val", "test")
 LABELS_FILENAME = "labels.json"
+TEXT_ENCODING = "utf-8-sig"  # Of the CSV and JSON files: UTF-8, with or without a byte-order mark.
 OUR_COLUMNS = ("clip_id", "split", "group_emotion", "group_category", "valence", "arousal",
                "situational_emotion", "situation")
 AUTHOR_COLUMNS = ("video_file_name", "group_emotion", "group_emotion_category", "class_emotion",
                   "class_valence", "class_arousal", "event_emotion", "event")
-_VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
 class SplitLeakError(ValueError):
@@ -50,6 +62,22 @@ class SplitLeakError(ValueError):
 def source_video(clip_id: str) -> str:
   """The source video of a VGAF clip id `<source>_<clip>` (the id itself when it has no '_')."""
   return clip_id.rsplit("_", 1)[0] if "_" in clip_id else clip_id
+
+
+def clip_id_of(name: str) -> str:
+  """The clip id of an annotation row's id: without a video suffix ('70_25.mp4' -> '70_25')."""
+  stem, dot, suffix = name.rpartition(".")
+  return stem if dot and stem and f".{suffix.lower()}" in video.VIDEO_SUFFIXES else name
+
+
+def check_clip_id(clip_id: str) -> None:
+  """ValueError unless `clip_id` can be a file name stem (see the module docstring)."""
+  bad = sorted({c for c in clip_id if c in "/\\" or ord(c) < 32 or ord(c) == 127})
+  if bad or clip_id.startswith("."):
+    what = f"contains {bad}" if bad else "starts with '.'"
+    raise ValueError(f"{clip_id!r} {what}; a clip id names its video file "
+                     f"<clip_id>.<ext> and its cache files, so it cannot hold '/', '\\' or "
+                     f"control characters, nor start with '.'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +105,7 @@ class LabelSpace:
             "situational_emotion": "situational_emotion_names", "situation": "situation_names",
             "valence_range": "valence_range", "arousal_range": "arousal_range"}
     try:
-      data = json.loads(pathlib.Path(path).read_text())
+      data = json.loads(pathlib.Path(path).read_text(encoding=TEXT_ENCODING))
     except (OSError, json.JSONDecodeError) as e:
       raise ValueError(f"{path}: cannot read the label file: {e}") from e
     unknown = sorted(set(data) - set(keys))
@@ -110,10 +138,10 @@ class ClipLabels:
   split: str
   group_emotion: int
   group_category: int
-  valence: float
+  valence: float  # NaN when missing, as arousal.
   arousal: float
-  situational_emotion: tuple[int, ...]  # Positive class indices (one or more).
-  situation: int
+  situational_emotion: tuple[int, ...]  # Positive class indices; () when missing.
+  situation: int  # -1 when missing.
 
   def example_fields(self, space: LabelSpace) -> dict[str, np.ndarray]:
     multi_hot = np.zeros(len(space.situational_emotion_names), np.float32)
@@ -130,8 +158,13 @@ class Annotations:
   errors: dict[str, str] = dataclasses.field(default_factory=dict)  # clip_id -> reason.
 
 
-def parse_class(value: str, column: str, names: tuple[str, ...]) -> int:
-  """An integer class index in [0, len(names)); ValueError naming column and value otherwise."""
+def parse_class(value: str, column: str, names: tuple[str, ...], missing: int | None = None
+                ) -> int:
+  """An integer class index in [0, len(names)); ValueError naming column and value otherwise.
+
+  An empty value gives `missing` when it is given (an optional label), else an error."""
+  if value == "" and missing is not None:
+    return missing
   try:
     number = float(value)
   except ValueError:
@@ -143,8 +176,13 @@ def parse_class(value: str, column: str, names: tuple[str, ...]) -> int:
   return int(number)
 
 
-def parse_scalar(value: str, column: str, value_range: tuple[float, float]) -> float:
-  """A finite float in the declared range; ValueError naming column and value otherwise."""
+def parse_scalar(value: str, column: str, value_range: tuple[float, float],
+                 missing: float | None = None) -> float:
+  """A finite float in the declared range; ValueError naming column and value otherwise.
+
+  An empty value gives `missing` when it is given (an optional label), else an error."""
+  if value == "" and missing is not None:
+    return missing
   try:
     number = float(value)
   except ValueError:
@@ -163,39 +201,36 @@ def _split_of(path: pathlib.Path, split: str | None) -> str:
   return split
 
 
-def _row_labels(row: Mapping[str, str], space: LabelSpace, authors: bool,
+def _row_labels(clip_id: str, row: Mapping[str, str], space: LabelSpace, authors: bool,
                 file_split: str | None) -> ClipLabels:
   if authors:
-    clip_id = row["video_file_name"]
-    if clip_id.lower().endswith(_VIDEO_SUFFIXES):
-      clip_id = clip_id.rsplit(".", 1)[0]
     split, category = file_split, row["group_emotion_category"]
     valence, arousal = row["class_valence"], row["class_arousal"]
-    situational, situation = [row["event_emotion"]], row["event"]
+    situational = [row["event_emotion"]] if row["event_emotion"] else []
+    situation = row["event"]
   else:
-    clip_id, split, category = row["clip_id"], row["split"], row["group_category"]
+    split, category = row["split"], row["group_category"]
     valence, arousal = row["valence"], row["arousal"]
     situational = [v for v in row["situational_emotion"].split(";") if v.strip()]
     situation = row["situation"]
     if split not in SPLITS:
       raise ValueError(f"split {split!r} is not one of {SPLITS}")
-  if not situational:
-    raise ValueError("situational_emotion is empty (need one or more class indices)")
+  missing = spec_lib.MISSING_LABELS
   return ClipLabels(
       clip_id=clip_id, split=split,
       group_emotion=parse_class(row["group_emotion"], "group_emotion", space.emotion_names),
       group_category=parse_class(category, "group_category", space.group_category_names),
-      valence=parse_scalar(valence, "valence", space.valence_range),
-      arousal=parse_scalar(arousal, "arousal", space.arousal_range),
+      valence=parse_scalar(valence, "valence", space.valence_range, missing["valence"]),
+      arousal=parse_scalar(arousal, "arousal", space.arousal_range, missing["arousal"]),
       situational_emotion=tuple(sorted({parse_class(v, "situational_emotion",
                                                     space.situational_emotion_names)
                                         for v in situational})),
-      situation=parse_class(situation, "situation", space.situation_names))
+      situation=parse_class(situation, "situation", space.situation_names, missing["situation"]))
 
 
 def read_csv_rows(path: pathlib.Path, required: Iterable[str]) -> list[dict[str, str]]:
   """Rows of a CSV as dicts (keys and values stripped); ValueError if `required` columns lack."""
-  with path.open(newline="", encoding="utf-8") as f:
+  with path.open(newline="", encoding=TEXT_ENCODING) as f:
     reader = csv.DictReader(f, skipinitialspace=True)
     header = [h.strip() for h in reader.fieldnames or []]
     missing = [c for c in required if c not in header]
@@ -211,24 +246,29 @@ def read_annotations(paths: Iterable[str | os.PathLike], space: LabelSpace,
   out = Annotations()
   seen: dict[str, str] = {}
   for path in map(pathlib.Path, paths):
-    with path.open(newline="", encoding="utf-8") as f:
+    with path.open(newline="", encoding=TEXT_ENCODING) as f:
       header = [h.strip() for h in next(csv.reader(f), [])]
     authors = "video_file_name" in header
     rows = read_csv_rows(path, AUTHOR_COLUMNS if authors else OUR_COLUMNS)
     file_split = _split_of(path, split) if authors else None
     for line, row in enumerate(rows, 2):
-      clip_id = row["video_file_name" if authors else "clip_id"]
-      where = f"{path.name}:{line}"
-      if not clip_id:
+      name = row["video_file_name" if authors else "clip_id"]
+      clip_id, where = clip_id_of(name), f"{path.name}:{line} {name!r}"
+      if not name:
         raise ValueError(f"{path}:{line}: empty clip id")
       if clip_id in seen:
-        out.errors[clip_id] = (f"bad label: clip listed twice in the annotations ({seen[clip_id]} "
-                               f"and {where})")
+        out.errors[clip_id] = (f"bad label: clip {clip_id!r} listed twice in the annotations "
+                               f"({seen[clip_id]} and {where}); keep one row")
         out.labels.pop(clip_id, None)
         continue
       seen[clip_id] = where
       try:
-        labels = _row_labels(row, space, authors, file_split)
+        check_clip_id(clip_id)
+      except ValueError as e:
+        out.errors[clip_id] = f"bad clip id: {e} ({where})"
+        continue
+      try:
+        labels = _row_labels(clip_id, row, space, authors, file_split)
       except ValueError as e:
         out.errors[clip_id] = f"bad label: {e} ({where})"
         continue

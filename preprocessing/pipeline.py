@@ -2,7 +2,7 @@
 
     work = WorkDirs.create(data_dir, face_config, text_settings)   # ExtractConfig, TextSettings
     dim = run_text_stage(clips, descriptions, work, text_settings, device, report)
-    run_face_stage(jobs, work, face_config, report, device=..., workers=...)
+    run_face_stage(jobs, work, face_config, report, device=..., workers=..., clip_timeout=120)
     write_stage(data_dir, spec, report, load_example)      # -> TFDS ArrayRecord dataset
 
 Caches live in `<data_dir>/_work/faces-<hash>/<clip_id>.npz` and `_work/text-<hash>/<clip_id>.npz`,
@@ -14,11 +14,9 @@ no per-clip problem stops the build.
 """
 from __future__ import annotations
 
-import concurrent.futures as futures
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
 import pathlib
 import time
@@ -29,13 +27,12 @@ from tqdm import tqdm
 
 from gems_jax.data import npz_records
 from gems_jax.data import spec as spec_lib
+from gems_jax.data import validation
 from gems_jax.data import tfds_writer
-from preprocessing import extract, text as text_lib, video
+from preprocessing import extract, text as text_lib, video, workers as workers_lib
 from preprocessing.report import BuildReport
 
-VIDEO_SUFFIXES = frozenset(
-    ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .flv .wmv .3gp .ogv .mxf .vob "
-    ".y4m .h264 .264 .h265 .265 .hevc".split())
+CLIP_TIMEOUT = 120.0  # Seconds one clip's extraction may take (a 1080p clip takes a few).
 
 
 def _hash(settings: Mapping[str, Any]) -> str:
@@ -79,7 +76,7 @@ def discover_videos(folder: str | os.PathLike, clip_ids: Iterable[str]
   found: dict[str, pathlib.Path] = {}
   warnings = []
   for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-    if path.suffix.lower() not in VIDEO_SUFFIXES and path.stem not in wanted:
+    if path.suffix.lower() not in video.VIDEO_SUFFIXES and path.stem not in wanted:
       continue
     if path.stem in found:
       warnings.append(f"clip {path.stem!r}: several files, using {found[path.stem]}, "
@@ -162,11 +159,14 @@ def _record(report: BuildReport, clip_id: str, stats: dict | None, reason: str |
 
 def run_face_stage(jobs: list[tuple[str, pathlib.Path]], work: WorkDirs,
                    config: extract.ExtractConfig, report: BuildReport, *, device: str = "cpu",
-                   workers: int = 1, torch_threads: int = 1, detect_batch: int = 1) -> None:
+                   workers: int = 1, torch_threads: int = 1, detect_batch: int = 1,
+                   clip_timeout: float | None = CLIP_TIMEOUT) -> None:
   """Extracts the faces of every job (clip_id, video path) whose cache file is missing.
 
-  workers <= 1 runs in this process; more run in a pool of spawned processes, each with
-  `torch_threads` torch threads and an equal share of the cores for FFmpeg's decoder threads.
+  Clips run in `workers` (at least one) spawned processes that this one can kill
+  (preprocessing/workers.py), each with `torch_threads` torch threads and an equal share of the
+  cores for FFmpeg's decoder threads. A clip whose extraction takes longer than `clip_timeout`
+  seconds (a hung decoder; None or 0: no limit) or whose worker dies is skipped with the reason.
   """
   todo = []
   for clip_id, path in jobs:
@@ -174,37 +174,17 @@ def run_face_stage(jobs: list[tuple[str, pathlib.Path]], work: WorkDirs,
       report.entry(clip_id)["source"] = "cache"
     else:
       todo.append((clip_id, str(path), str(work.face_file(clip_id))))
+  workers = max(1, workers)
+  decode_threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
+  initargs = (config, device, torch_threads, decode_threads, detect_batch)
   progress = tqdm(total=len(todo), desc="faces", unit="clip", disable=not todo)
-  if workers <= 1:
-    if todo:
-      _init_worker(config, device, torch_threads, 0, detect_batch)
-    for job in todo:
-      _record(report, *_extract_one(*job))
-      progress.update()
-  else:
-    decode_threads = max(1, (os.cpu_count() or 1) // workers)
-    context = multiprocessing.get_context("spawn")  # torch + fork is unsafe.
-    pending = list(reversed(todo))
-    while pending:
-      with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                       initargs=(config, device, torch_threads,
-                                                 decode_threads, detect_batch)) as pool:
-        running: dict[futures.Future, str] = {}
-        try:
-          while pending or running:
-            while pending and len(running) < 2 * workers:  # Bounded: memory and crash blast.
-              job = pending.pop()
-              running[pool.submit(_extract_one, *job)] = job[0]
-            done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
-            for future in done:
-              running.pop(future)
-              _record(report, *future.result())
-              progress.update()
-        except futures.process.BrokenProcessPool:
-          for clip_id in running.values():  # One of them killed its worker; rerun to retry.
-            report.skip(clip_id, "worker died: a worker process died while extracting (crash "
-                                 "in a decoder or out of memory); rerun the build to retry")
-            progress.update()
+  for job, result, failure in workers_lib.run_jobs(todo, _extract_one, _init_worker, initargs,
+                                                   workers=workers, timeout=clip_timeout):
+    if failure is None:
+      _record(report, *result)
+    else:
+      report.skip(job[0], failure)
+    progress.update()
   progress.close()
 
 
@@ -227,7 +207,7 @@ def write_stage(data_dir: str | os.PathLike, spec: spec_lib.DatasetSpec, report:
           report.skip(clip_id, "no faces: no face detected in any sampled step (--skip_faceless)")
           continue
         report.warn(clip_id, "no faces detected in any sampled step (kept: context and text)")
-      spec_lib.validate_example(example, spec)
+      validation.validate_example(example, spec)
     except (ValueError, KeyError, OSError) as e:  # E.g. a cache file damaged after it was written.
       report.skip(clip_id, f"invalid example: {type(e).__name__}: {e}")
   splits = {split: report.ok_clips(split) for split in report.split_counts()}

@@ -65,11 +65,11 @@ def read_descriptions(path: str | os.PathLike) -> dict[str, str]:
   """clip_id -> description, from a JSONL file ({"clip_id", "description"}) or a .txt folder."""
   path = pathlib.Path(path)
   if path.is_dir():
-    return {p.stem: p.read_text(encoding="utf-8").strip() for p in sorted(path.glob("*.txt"))}
+    return {p.stem: p.read_text(encoding="utf-8-sig").strip() for p in sorted(path.glob("*.txt"))}
   if not path.is_file():
     raise FileNotFoundError(f"descriptions not found: {path} (a .jsonl file or a folder of .txt)")
   out: dict[str, str] = {}
-  with path.open(encoding="utf-8") as f:
+  with path.open(encoding="utf-8-sig") as f:  # With or without a byte-order mark.
     for line_number, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -85,6 +85,16 @@ def read_descriptions(path: str | os.PathLike) -> dict[str, str]:
         raise ValueError(f"{path}:{line_number}: duplicate clip_id {clip_id!r}")
       out[clip_id] = text.strip()
   return out
+
+
+def absolute_encoder_path(name_or_path: str) -> str:
+  """`name_or_path` made absolute when it names an existing local path; hub ids and `pkg:` pass.
+
+  A build stores its encoder in the dataset's extract_config, which the predict tool reads from
+  any working directory: a relative folder would name another place there."""
+  if name_or_path.startswith("pkg:") or not os.path.exists(name_or_path):
+    return name_or_path
+  return os.path.abspath(name_or_path)
 
 
 def resolve_encoder_path(name_or_path: str) -> str:

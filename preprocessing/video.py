@@ -32,6 +32,12 @@ import numpy as np
 from PIL import Image
 
 
+# File suffixes taken for videos (lower case): clip discovery, and ids given with their extension.
+VIDEO_SUFFIXES = frozenset(
+    ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .flv .wmv .3gp .ogv .mxf .vob "
+    ".y4m .h264 .264 .h265 .265 .hevc".split())
+
+
 class VideoError(RuntimeError):
   """A clip that cannot be opened or decoded (corrupt, truncated, empty, not a video)."""
 

@@ -7,6 +7,7 @@ import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from gems_jax.data import spec as spec_lib
 from gems_jax.training import losses
 
 B, T, K = 8, 3, 2
@@ -138,6 +139,43 @@ def test_padding_and_unlabelled_entries_do_not_change_the_loss():
   np.testing.assert_allclose(garbage_total, total, rtol=1e-6)
   for key, value in terms.items():
     np.testing.assert_allclose(garbage_terms[key], value, rtol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize('va_loss,situational', [('mse', 'multilabel'), ('ccc', 'single')])
+def test_missing_clip_labels_contribute_nothing_and_present_ones_count(va_loss, situational):
+  """Partially labelled clips carry spec.MISSING_LABELS (NaN V/A, all-zero situational, situation -1):
+  whatever the model outputs for a missing target, the loss and its gradient are the same; present
+  targets of the same clips still count."""
+  outputs, batch = make_example(12, num_padding=0)
+  missing = {'valence': [0, 3], 'arousal': [1], 'situational_emotion': [2, 3], 'situation': [0, 4]}
+  for key, rows in missing.items():
+    batch[key][rows] = spec_lib.MISSING_LABELS[key]
+  config = losses.default_loss_config()
+  config.update(va_loss=va_loss, situational=situational)
+
+  def with_garbage(value):
+    garbage = {k: v.copy() for k, v in outputs.items()}
+    for key, rows in missing.items():
+      garbage[key][rows] = value
+    return run_losses(garbage, batch, config)
+
+  (total, terms), (other_total, other_terms) = with_garbage(1e3), with_garbage(-37.0)
+  assert np.isfinite(total)
+  np.testing.assert_allclose(other_total, total, rtol=1e-6)
+  for key, value in terms.items():
+    np.testing.assert_allclose(other_terms[key], value, rtol=1e-6, err_msg=key)
+  present = np.setdiff1d(np.arange(B), missing['situation'])
+  np.testing.assert_allclose(terms['situation'], optax.softmax_cross_entropy_with_integer_labels(
+      outputs['situation'][present], batch['situation'][present]).mean(), rtol=1e-5)
+  grads = jax.jit(jax.grad(lambda o: losses.gems_losses(o, batch, config)[0]))(outputs)
+  for key, rows in missing.items():
+    grad = np.asarray(grads[key])
+    assert not grad[rows].any() and grad[np.setdiff1d(np.arange(B), rows)].any(), key
+  for key in missing:  # A present target of a partially labelled clip still counts.
+    row = 3 if key == 'situation' else 4  # Rows 3 and 4 each miss some target, not this one.
+    moved = {k: v.copy() for k, v in batch.items()}
+    moved[key][row] = (moved[key][row] + 1) % 10 if key == 'situation' else 1 - moved[key][row]
+    assert run_losses(outputs, moved, config)[1][key] != terms[key], key
 
 
 def test_gems_losses_terms_weights_and_reductions():

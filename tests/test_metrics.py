@@ -245,3 +245,26 @@ def test_bad_inputs_raise():
   del batch['group_category']
   with pytest.raises(KeyError, match='group_category'):
     metrics.MetricsAccumulator().update(outputs, batch)
+
+
+def test_prediction_rows_write_missing_labels_as_null():
+  from gems_jax.data import planted
+  from gems_jax.evaluation import predictions
+  spec = planted.planted_spec()
+  rng = np.random.default_rng(0)
+  outputs = {head: rng.normal(size=(2, n)) for head, n in (
+      ("group_emotion", 9), ("group_category", 3), ("situation", 10), ("situational_emotion", 10))}
+  outputs.update(valence=np.array([0.1, 0.2]), arousal=np.array([0.3, 0.4]))
+  multi_hot = np.zeros((2, 10))
+  multi_hot[0, 3] = 1
+  labels = {"valid": np.array([True, True]), "group_emotion": np.array([1, 2]),
+            "group_category": np.array([0, 1]), "situation": np.array([4, -1]),
+            "situational_emotion": multi_hot, "valence": np.array([0.5, np.nan]),
+            "arousal": np.array([np.nan, -0.5])}
+  full, partial = predictions.clip_rows(outputs, labels, {"clip_id": np.array(["a", "b"])}, spec,
+                                        multilabel=True)
+  assert full["situation"]["true"] == spec.situation_names[4] and partial["situation"]["true"] is None
+  assert full["situational_emotion"]["true"] == [spec.situational_emotion_names[3]]
+  assert partial["situational_emotion"]["true"] is None
+  assert full["valence"]["true"] == 0.5 and partial["valence"]["true"] is None
+  assert full["arousal"]["true"] is None and partial["arousal"]["true"] == -0.5

@@ -38,6 +38,10 @@ def test_read_descriptions_jsonl_and_folder(tmp_path):
   jsonl.write_text('{"clip_id": "1_2"}\n')
   with pytest.raises(ValueError, match=r"d.jsonl:1: .*'description'"):
     text.read_descriptions(jsonl)
+  jsonl.write_text(json.dumps({"clip_id": "1_2", "description": "hi"}), encoding="utf-8-sig")
+  (folder / "3_4.txt").write_text("a scene", encoding="utf-8-sig")  # Byte-order marks (Excel).
+  assert text.read_descriptions(jsonl) == {"1_2": "hi"}
+  assert text.read_descriptions(folder) == {"3_4": "a scene"}
 
 
 def test_text_encoder_pooling_batching_and_truncation(encoder_path):
@@ -76,7 +80,7 @@ def test_read_our_annotations_and_errors(tmp_path):
       "clip_id,split,group_emotion,group_category,valence,arousal,situational_emotion,situation",
       "1_1,train,2,0,0.5,0.25,0;4,7", "2_1,val,9,0,0.5,0.5,1,1", "3_1,test,1,1,-0.5,0.5,1,1",
       "4_1,train,x,1,0.5,0.5,1,1", "5_1,dev,1,1,0.5,0.5,1,1", "6_1,test,1,1,0.5,0.5,1,1",
-      "6_1,test,1,1,0.5,0.5,1,1", "7_1,train,1,1,0.5,0.5,,1"])
+      "6_1,test,1,1,0.5,0.5,1,1", "7_1,train,,1,0.5,0.5,1,1"])
   space = labels.LabelSpace.beside(csv_path)
   out = labels.read_annotations([csv_path], space)
   assert list(out.labels) == ["1_1"]
@@ -88,8 +92,51 @@ def test_read_our_annotations_and_errors(tmp_path):
   assert "valence -0.5 outside the declared range [0.0, 1.0]" in reasons["3_1"]
   assert "'x' is not a number" in reasons["4_1"]
   assert "split 'dev'" in reasons["5_1"] and "listed twice" in reasons["6_1"]
-  assert "situational_emotion is empty" in reasons["7_1"]
+  assert "group_emotion '' is not a number" in reasons["7_1"]  # Required, unlike V/A.
   assert all(r.startswith("bad label: ") for r in reasons.values())
+
+
+def test_partially_labelled_rows_are_kept_with_missing_markers(tmp_path):
+  """Empty V/A, situational emotion or situation cells are missing labels, not errors."""
+  csv_path = _write(tmp_path / "ann.csv", [
+      "clip_id,split,group_emotion,group_category,valence,arousal,situational_emotion,situation",
+      "1_1,train,2,0,,0.25,,7", "2_1,train,3,1,0.5,,4,"])
+  space = labels.LabelSpace()
+  out = labels.read_annotations([csv_path], space)
+  assert out.errors == {}
+  first, second = (out.labels[c].example_fields(space) for c in ("1_1", "2_1"))
+  assert np.isnan(first["valence"]) and first["arousal"] == 0.25 and first["situation"] == 7
+  assert not first["situational_emotion"].any()
+  assert np.isnan(second["arousal"]) and second["situation"] == -1
+  assert second["situational_emotion"].nonzero()[0].tolist() == [4]
+  (tmp_path / "test").mkdir()
+  authors = _write(tmp_path / "test" / "labels.csv", [
+      ",".join(labels.AUTHOR_COLUMNS), "70_25.mp4,8,2,8,,,,"])
+  fields = labels.read_annotations([authors], space).labels["70_25"].example_fields(space)
+  assert np.isnan(fields["valence"]) and fields["situation"] == -1
+  assert not fields["situational_emotion"].any()
+
+
+def test_bom_and_clip_ids_with_or_without_extension(tmp_path):
+  """A UTF-8 BOM (Excel) is not part of the first column name; '70_25.mp4' and '70_25' are one
+  clip, listed twice (both rows named); ids that cannot be file names are rejected by row."""
+  (tmp_path / "train").mkdir()
+  csv_path = tmp_path / "train" / "labels.csv"
+  csv_path.write_text("\n".join([",".join(labels.AUTHOR_COLUMNS), "70_25.mp4,8,2,8,0.4,0.6,9,3",
+                                 "71_1.MKV,1,1,1,0,0,1,1", "70_25,8,2,8,0.4,0.6,9,3",
+                                 "a/b.mp4,1,1,1,0,0,1,1", ".hidden,1,1,1,0,0,1,1"]) + "\n",
+                      encoding="utf-8-sig")
+  assert csv_path.read_bytes().startswith(b"\xef\xbb\xbf")
+  out = labels.read_annotations([csv_path], labels.LabelSpace())
+  assert list(out.labels) == ["71_1"]
+  assert out.errors["70_25"].startswith("bad label: clip '70_25' listed twice")
+  assert "labels.csv:2 '70_25.mp4' and labels.csv:4 '70_25'" in out.errors["70_25"]
+  assert out.errors["a/b"].startswith("bad clip id: 'a/b' contains ['/']")
+  assert "labels.csv:5 'a/b.mp4'" in out.errors["a/b"]
+  assert "starts with '.'" in out.errors[".hidden"]
+  ours = _write(tmp_path / "ours.csv", [",".join(labels.OUR_COLUMNS), "72_1,test,1,1,0,0,1,2"])
+  ours.write_bytes(b"\xef\xbb\xbf" + ours.read_bytes())
+  assert list(labels.read_annotations([ours], labels.LabelSpace()).labels) == ["72_1"]
 
 
 def test_read_authors_labels_csv_split_from_folder(tmp_path):

@@ -2,7 +2,9 @@
 
 Each JSONL line holds the clip id, and per head the predicted class name, the class probabilities
 (softmax; sigmoid for multi-label situational emotions), the ground truth, and for valence/arousal
-the predicted and true values on the dataset's declared scale.
+the predicted and true values on the dataset's declared scale. A label the clip does not have (a
+partially labelled clip: situation -1, no situational emotion, NaN valence/arousal; see
+`spec.MISSING_LABELS`) is written as null.
 """
 import csv
 import json
@@ -30,16 +32,20 @@ def clip_rows(outputs: dict, labels: dict, host: dict, spec, multilabel: bool) -
       if head == "situational_emotion":
         probs = 1 / (1 + np.exp(-logits)) if multilabel else _softmax(logits)
         chosen = np.flatnonzero(probs > 0.5) if multilabel else [int(np.argmax(probs))]
+        true = [names[c] for c in np.flatnonzero(labels[head][i] > 0.5)]
         row[head] = {"predicted": [names[c] for c in chosen],
                      "probabilities": dict(zip(names, np.round(probs, 4).tolist())),
-                     "true": [names[c] for c in np.flatnonzero(labels[head][i] > 0.5)]}
+                     "true": true or None}
       else:
         probs = _softmax(logits)
+        label = int(labels[head][i])
         row[head] = {"predicted": names[int(np.argmax(probs))],
                      "probabilities": dict(zip(names, np.round(probs, 4).tolist())),
-                     "true": names[int(labels[head][i])]}
+                     "true": names[label] if label >= 0 else None}
     for head in ("valence", "arousal"):
-      row[head] = {"predicted": round(float(outputs[head][i]), 4), "true": float(labels[head][i])}
+      true = float(labels[head][i])
+      row[head] = {"predicted": round(float(outputs[head][i]), 4),
+                   "true": true if np.isfinite(true) else None}
     rows.append(row)
   return rows
 

@@ -10,7 +10,9 @@ with zero (finite) gradients.
 Masks: an element contributes only if its example is real (`batch['valid']`, False for padding) and it is
 labelled (class label >= 0, finite valence/arousal, face slot filled, at least one active situational
 class). Masked-out labels are replaced by safe values *before* any arithmetic, so NaN labels never reach
-the loss or its gradient.
+the loss or its gradient. So a partially labelled clip (the dataset marks its missing valence, arousal,
+situational emotion or situation with `spec.MISSING_LABELS`: NaN, all-zero multi-hot, -1) trains only
+the heads whose targets it has.
 """
 from collections.abc import Mapping
 
