@@ -16,7 +16,7 @@ JSON, in this order:
   stage2       python -m gems_jax.main --config configs/gems.py at its real sizes (d_model 512,
                8 heads, 2 layers, N = 96, batch 32; fewer train clips than 32 are padded) with the
                frozen stage-1 encoder, for --stage2_steps steps. Its first part is the face-embedding
-               cache: num_faces and encode_seconds come from <stage2>/face_cache/cache_info.json
+               cache: num_images (faces) and encode_seconds come from <stage2>/face_cache/cache_info.json
   timm         timm's swin_base_patch4_window7_224 forward on this machine in this run (random
                weights, pretrained=False, fp32, torch.inference_mode, --timm_batch images per call,
                median of --timm_iters calls after --timm_warmup): the reference for the cache's speed
@@ -37,7 +37,7 @@ What is measured per stage:
             and the sum counts pages shared by several processes once per process. Both are in the
             JSON (tree_peak_rss_gib, child_maxrss_gib).
   cpu s     user + system CPU time from the same rusage: the child and its reaped descendants.
-The cache's faces/s = num_faces / encode_seconds; the goal is faces/s >= 0.9 x timm images/s.
+The cache's faces/s = num_images / encode_seconds; the goal is faces/s >= 0.9 x timm images/s.
 
 A failed stage makes the run exit 1, printing its name and the tail of its stderr (its traceback
 when there is one); the stages that need its output are skipped, the others still run, and the
@@ -77,14 +77,14 @@ NEEDS = {"build": ("synthetic",), "stage1": ("build",), "stage2": ("stage1",),
 # Bookkeeping: the cache's figures, the ratio to timm, the table and the JSON.
 
 def cache_figures(info: dict | None, stage2_wall_s: float | None) -> dict:
-  """num_faces, encode_seconds, faces/s from cache_info.json; what is missing is said."""
+  """num_images (faces), encode_seconds, faces/s from cache_info.json; what is missing is said."""
   if info is None:
     return {"ok": False, "problem": "no face_cache/cache_info.json in the stage-2 workdir"}
-  missing = [k for k in ("num_faces", "encode_seconds") if info.get(k) is None]
+  missing = [k for k in ("num_images", "encode_seconds") if info.get(k) is None]
   if missing:
     return {"ok": False, "info": info,
             "problem": f"cache_info.json has no {' / '.join(missing)} (keys: {sorted(info)})"}
-  faces, seconds = int(info["num_faces"]), float(info["encode_seconds"])
+  faces, seconds = int(info["num_images"]), float(info["encode_seconds"])
   out = {"ok": True, "num_faces": faces, "encode_seconds": seconds,
          "faces_per_s": faces / seconds if seconds > 0 else None, "info": info}
   if stage2_wall_s is not None:

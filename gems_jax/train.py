@@ -21,7 +21,7 @@ from gems_jax import tasks as tasks_lib
 from gems_jax.data import input_pipeline
 from gems_jax.evaluation import metrics as metrics_lib
 from gems_jax.training import checkpointing
-from gems_jax.training import face_cache
+from gems_jax.training import embedding_cache
 from gems_jax.training import sharding as shd
 from gems_jax.training import state as state_lib
 from gems_jax.training.metric_writer import MetricWriter, quiet_library_logs
@@ -216,7 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=1))
-  config = face_cache.prepare_input(config, workdir)
+  config = embedding_cache.prepare_input(config, workdir)
   mesh = shd.make_mesh(config.mesh)
   spec = input_pipeline.load_spec(config.input.data_dir)
   n_train = input_pipeline.num_examples(config.input.data_dir, config.input.train_split)
@@ -325,7 +325,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   and metrics per split."""
   quiet_library_logs()
   check_config(config)
-  config = face_cache.prepare_input(with_absolute_paths(config), workdir)
+  config = embedding_cache.prepare_input(with_absolute_paths(config), workdir)
   mesh = shd.make_mesh(config.mesh)
   spec = input_pipeline.load_spec(config.input.data_dir)
   trainer = Trainer(config, spec, mesh, steps_per_epoch=1)

@@ -19,7 +19,7 @@ def _fake_run():
             _stage("timm", 30.0, 1.5, notes="5.00 images/s"),
             _stage("eval_best", 40.0, 3.0), _stage("eval_latest", 41.0, 3.0),
             _stage("predict", 70.0, 4.0)]
-  cache = paper.cache_figures({"num_faces": 600, "encode_seconds": 150.0, "source": "x"}, 250.0)
+  cache = paper.cache_figures({"num_images": 600, "encode_seconds": 150.0, "source": "x"}, 250.0)
   timm = {"images_per_s": 5.0, "batch": 16}
   ratio = paper.speed_ratio(cache["faces_per_s"], timm["images_per_s"])
   return stages, cache, timm, ratio
@@ -36,7 +36,7 @@ def test_cache_figures_and_the_ratio_to_timm():
 
 def test_cache_figures_say_what_is_missing():
   assert not paper.cache_figures(None, 10.0)["ok"]
-  missing = paper.cache_figures({"source": "x", "num_faces": 3}, 10.0)
+  missing = paper.cache_figures({"source": "x", "num_images": 3}, 10.0)
   assert not missing["ok"] and "encode_seconds" in missing["problem"]
 
 

@@ -1,5 +1,5 @@
 """Model families, one `Task` object each, chosen once from `config.task` (see tasks/base.py)."""
-from gems_jax.tasks.base import Task
+from gems_jax.tasks.base import FrozenImageEncoder, Task
 from gems_jax.tasks.face import FaceTask
 from gems_jax.tasks.gems import GemsTask
 

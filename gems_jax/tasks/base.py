@@ -7,7 +7,9 @@ object per family, chosen once from `config.task` (`gems_jax.tasks.get_task`). A
 means adding one module with a `Task` subclass and one line in the registry.
 """
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+import dataclasses
+from typing import Any
 
 from absl import logging
 import flax.linen as nn
@@ -22,6 +24,22 @@ from gems_jax.training import checkpointing
 from gems_jax.training import losses as losses_lib
 
 
+@dataclasses.dataclass(frozen=True)
+class FrozenImageEncoder:
+  """A task's frozen image encoder, whose embeddings `training/embedding_cache` computes once per
+  dataset (the images of `image_key`, where `mask_key` is True, become `embedding_key`)."""
+  cache_name: str  # Folder in the workdir, e.g. 'face_cache'.
+  image_key: str  # 'faces' uint8 [b, T, K, S, S, 3] or 'whole_frames' [b, T_v, H, W, 3].
+  mask_key: str  # 'face_mask' [b, T, K] / 'whole_frame_mask' [b, T_v].
+  embedding_key: str  # 'face_embedding' / 'whole_frame_embedding'.
+  image_size: tuple[int, int]  # (H, W).
+  features: Callable  # (params, uint8 [n, H, W, 3]) -> float32 [n, E]; jit-able.
+  params: Any  # The frozen parameters `features` takes.
+  description: dict  # JSON: what, besides the parameters, the embeddings depend on.
+  cached_spec: Callable  # (DatasetSpec, E) -> the spec of the dataset holding the embeddings.
+  chunk: int  # Images per encoder call over all devices.
+
+
 class Task(abc.ABC):
   """One model family, bound to a config and a dataset spec.
 
@@ -31,7 +49,6 @@ class Task(abc.ABC):
   """
   name: str = ""
   encoder_scope: tuple[str, ...] = ()  # Where pretrained face-encoder weights go in the params.
-  caches_face_embeddings = False  # A frozen encoder's embeddings may be computed once (face_cache).
 
   def __init__(self, config: ml_collections.ConfigDict, spec: spec_lib.DatasetSpec):
     self.config, self.spec = config, spec
@@ -89,6 +106,10 @@ class Task(abc.ABC):
 
   def metrics(self) -> metrics_lib.MetricsAccumulator:
     return metrics_lib.MetricsAccumulator(situational=self.config.model.heads.situational)
+
+  def frozen_image_encoder(self) -> FrozenImageEncoder | None:
+    """The frozen encoder whose embeddings are computed once per dataset, if any (default: none)."""
+    return None
 
   def frozen_prefixes(self, params) -> tuple[str, ...]:
     """Parameter path prefixes that get no updates (see training/state.create_optimizer)."""

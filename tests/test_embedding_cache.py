@@ -1,5 +1,6 @@
-"""The face-embedding cache: equal to the encoder applied face by face, the same on any mesh and
-chunk size, keyed on content (labels, encoder weights), atomic, and with a bounded encoder call."""
+"""The embedding cache of a frozen image encoder (GEMS's face encoder here): equal to the encoder
+applied face by face, the same on any mesh and chunk size, keyed on content (labels, encoder
+weights), atomic, and with a bounded encoder call."""
 import json
 import os
 import pathlib
@@ -18,9 +19,10 @@ from gems_jax.data import planted
 from gems_jax.data import tfds_writer
 from gems_jax.models.gems import FaceEmotionClassifier
 from gems_jax.training import checkpointing
-from gems_jax.training import face_cache
+from gems_jax.training import embedding_cache
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+CACHE_DIR = "face_cache"  # GemsTask's cache folder.
 SPEC = planted.planted_spec(storage="crops", face_size=32)  # T=8, K=4; the runlocal Swin's size.
 SPLITS = {"train": 7, "val": 3}  # With 4 clips per read: full, partial and padded batches.
 CLIPS_PER_READ = 4
@@ -105,7 +107,7 @@ def reference(source, stage1):
 def encoder_calls(monkeypatch):
   """Records (input shape, jitted function) of every encoder call of the cache builds."""
   calls = []
-  init = face_cache._ChunkEncoder.__init__
+  init = embedding_cache._ChunkEncoder.__init__
 
   def spy_init(self, *args, **kwargs):
     init(self, *args, **kwargs)
@@ -116,7 +118,7 @@ def encoder_calls(monkeypatch):
       return jitted(params, crops)
     self.encode = encode
 
-  monkeypatch.setattr(face_cache._ChunkEncoder, "__init__", spy_init)
+  monkeypatch.setattr(embedding_cache._ChunkEncoder, "__init__", spy_init)
   return calls
 
 
@@ -150,17 +152,17 @@ MESHES = [(1, (1, 1), 16, 16), (8, (8, 1), 16, 16), (8, (2, 4), 24, 24), (8, (8,
 def test_cache_equals_face_by_face_encoding_on_any_mesh_and_chunk(
     source, stage1, reference, tmp_path, encoder_calls, devices, mesh, chunk, used):
   config = _config(source, stage1[0], chunk, mesh)
-  out = face_cache.prepare_input(config, str(tmp_path), devices=jax.devices()[:devices])
-  assert out.input.data_dir.startswith(str(tmp_path / face_cache.CACHE_DIR))
+  out = embedding_cache.prepare_input(config, str(tmp_path), devices=jax.devices()[:devices])
+  assert out.input.data_dir.startswith(str(tmp_path / CACHE_DIR))
   _check_cache(out.input.data_dir, source, reference)
   # Bounded calls: only real faces, every call the same [chunk, S, S, 3] and one compiled program.
   assert encoder_calls and {shape for shape, _ in encoder_calls} == {(used, 32, 32, 3)}
   assert len(encoder_calls) == _expected_calls(source, used)
   assert len({id(f) for _, f in encoder_calls}) == 1
   assert isinstance(encoder_calls[0][1], jax.stages.Compiled)  # Takes no other shape.
-  info = json.loads((tmp_path / face_cache.CACHE_DIR / face_cache.INFO_FILE).read_text())
+  info = json.loads((tmp_path / CACHE_DIR / embedding_cache.INFO_FILE).read_text())
   num_faces = sum(int(_read(source, s)["face_mask"].sum()) for s in SPLITS)
-  assert info["num_faces"] == num_faces and info["encode_seconds"] > 0
+  assert info["num_images"] == num_faces and info["encode_seconds"] > 0
   assert (info["chunk"], info["devices"]) == (used, devices)
   assert info["encoder_calls"] == len(encoder_calls)
 
@@ -170,9 +172,9 @@ def test_calls_grow_with_the_dataset_but_not_their_size(tmp_path, stage1, encode
   big_examples = {split: planted.make_planted_examples(SPEC, 4 * n, seed=10 + i)
                   for i, (split, n) in enumerate(SPLITS.items())}
   big = _write_source(tmp_path / "big", big_examples)
-  face_cache.prepare_input(_config(small, stage1[0]), str(tmp_path / "w_small"))
+  embedding_cache.prepare_input(_config(small, stage1[0]), str(tmp_path / "w_small"))
   n_small = len(encoder_calls)
-  face_cache.prepare_input(_config(big, stage1[0]), str(tmp_path / "w_big"))
+  embedding_cache.prepare_input(_config(big, stage1[0]), str(tmp_path / "w_big"))
   assert len(encoder_calls) - n_small == _expected_calls(big, 16) > 2 * n_small
   assert {shape for shape, _ in encoder_calls} == {(16, 32, 32, 3)}
 
@@ -184,8 +186,8 @@ def test_rebuilds_on_new_labels_or_weights_and_reuses_otherwise(tmp_path, stage1
   params = stage1[1]
   _save_stage1(encoder_dir, params, step=1)
   workdir = str(tmp_path / "work")
-  info_path = tmp_path / "work" / face_cache.CACHE_DIR / face_cache.INFO_FILE
-  run = lambda: face_cache.prepare_input(_config(source, str(encoder_dir)), workdir).input.data_dir
+  info_path = tmp_path / "work" / CACHE_DIR / embedding_cache.INFO_FILE
+  run = lambda: embedding_cache.prepare_input(_config(source, str(encoder_dir)), workdir).input.data_dir
 
   cache_dir = run()
   built = len(encoder_calls)
@@ -216,7 +218,7 @@ def test_rebuilds_on_new_labels_or_weights_and_reuses_otherwise(tmp_path, stage1
 
 def test_a_killed_build_leaves_no_cache(tmp_path, source, stage1, reference, monkeypatch):
   calls = {"n": 0}
-  encode = face_cache._ChunkEncoder.__call__
+  encode = embedding_cache._ChunkEncoder.__call__
 
   def dying(self, *args):
     calls["n"] += 1
@@ -224,14 +226,14 @@ def test_a_killed_build_leaves_no_cache(tmp_path, source, stage1, reference, mon
       raise KeyboardInterrupt  # As a kill would, mid-split.
     return encode(self, *args)
 
-  monkeypatch.setattr(face_cache._ChunkEncoder, "__call__", dying)
+  monkeypatch.setattr(embedding_cache._ChunkEncoder, "__call__", dying)
   with pytest.raises(KeyboardInterrupt):
-    face_cache.prepare_input(_config(source, stage1[0]), str(tmp_path))
-  assert not (tmp_path / face_cache.CACHE_DIR).exists()
-  monkeypatch.setattr(face_cache._ChunkEncoder, "__call__", encode)
-  out = face_cache.prepare_input(_config(source, stage1[0]), str(tmp_path))
+    embedding_cache.prepare_input(_config(source, stage1[0]), str(tmp_path))
+  assert not (tmp_path / CACHE_DIR).exists()
+  monkeypatch.setattr(embedding_cache._ChunkEncoder, "__call__", encode)
+  out = embedding_cache.prepare_input(_config(source, stage1[0]), str(tmp_path))
   _check_cache(out.input.data_dir, source, reference)
-  assert sorted(p.name for p in tmp_path.iterdir()) == [face_cache.CACHE_DIR]  # No temp folders.
+  assert sorted(p.name for p in tmp_path.iterdir()) == [CACHE_DIR]  # No temp folders.
 
 
 _WORKER = """
@@ -240,14 +242,14 @@ import jax
 jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
                            process_id=int(sys.argv[2]))
 from configs import gems as gems_config
-from gems_jax.training import face_cache
+from gems_jax.training import embedding_cache
 config = gems_config.get_config("runlocal")
 config.input.data_dir, config.model.face_encoder.checkpoint, workdir = sys.argv[3:6]
 config.eval.batch_size = 4
 config.input.face_cache_chunk = 8
 config.model.face_encoder.frozen = True
 for _ in range(2):  # The second run finds the cache up to date.
-  print("DATA_DIR", face_cache.prepare_input(config, workdir).input.data_dir)
+  print("DATA_DIR", embedding_cache.prepare_input(config, workdir).input.data_dir)
   print("INFO", open(f"{workdir}/face_cache/cache_info.json").read().replace("\\n", " "))
 """
 
@@ -269,5 +271,5 @@ def test_two_processes_write_the_same_cache(tmp_path, source, stage1, reference)
   dirs, infos = lines("DATA_DIR"), lines("INFO")
   assert len(dirs) == 1 and len(infos) == 1  # Both processes, both runs: one cache, built once.
   _check_cache(dirs.pop().split()[1], source, reference)
-  info = json.loads((tmp_path / face_cache.CACHE_DIR / face_cache.INFO_FILE).read_text())
+  info = json.loads((tmp_path / CACHE_DIR / embedding_cache.INFO_FILE).read_text())
   assert (info["processes"], info["devices"], info["chunk"]) == (2, 4, 8)
