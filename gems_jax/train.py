@@ -173,12 +173,20 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   tasks_lib.get_task(config, input_pipeline.load_spec(config.input.data_dir))
 
 
+PATH_KEYS = ("data_dir", "checkpoint")  # Config fields that hold a file path, in any section.
+
+
 def with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A copy whose file paths are absolute, so the saved config.json works from any folder."""
+  """A copy whose file paths (every non-empty field named in PATH_KEYS, e.g. input.data_dir,
+  model.face_encoder.checkpoint) are absolute, so the saved config.json works from any folder."""
+  def visit(section: ml_collections.ConfigDict):
+    for key, value in section.items():
+      if isinstance(value, ml_collections.ConfigDict):
+        visit(value)
+      elif key in PATH_KEYS and isinstance(value, str) and value:
+        section[key] = os.path.abspath(value)
   config = ml_collections.ConfigDict(config.to_dict())
-  config.input.data_dir = os.path.abspath(config.input.data_dir)
-  if config.model.face_encoder.checkpoint:
-    config.model.face_encoder.checkpoint = os.path.abspath(config.model.face_encoder.checkpoint)
+  visit(config)
   return config
 
 

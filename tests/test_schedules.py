@@ -5,6 +5,7 @@ import math
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -159,3 +160,24 @@ def test_gradient_clipping_matches_optax_chain():
   unclipped = state_lib.create_optimizer(optim_config(learning_rate=lr, grad_clip_norm=0.0),
                                          optax.constant_schedule(lr), params)
   chex.assert_trees_all_close(two_adam_steps(unclipped, params), plain, rtol=1e-6, atol=1e-7)
+
+
+def test_sgd_with_momentum_matches_the_heavy_ball_update():
+  """config.optim.name='sgd' (the privacy audio-visual model): torch's SGD(momentum) update,
+  v <- mu v + g, p <- p - lr v, written out by hand."""
+  optim = ml_collections.ConfigDict(dict(name="sgd", learning_rate=0.1, momentum=0.9,
+                                         weight_decay=0.0, grad_clip_norm=0.0))
+  params = {"w": jnp.array([1.0, -2.0])}
+  tx = state_lib.create_optimizer(optim, optax.constant_schedule(0.1), params)
+  opt_state = tx.init(params)
+  p, v = np.array([1.0, -2.0]), np.zeros(2)
+  for _ in range(3):
+    grads = {"w": 2.0 * params["w"]}  # d/dw of |w|^2.
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    v = 0.9 * v + 2.0 * p
+    p = p - 0.1 * v
+  np.testing.assert_allclose(params["w"], p, rtol=1e-6)
+  with pytest.raises(ValueError, match="config.optim.name"):
+    state_lib.create_optimizer(ml_collections.ConfigDict(dict(name="lamb", grad_clip_norm=0.0)),
+                           optax.constant_schedule(0.1), params)

@@ -2,8 +2,10 @@
 from gems_jax.tasks.base import FrozenImageEncoder, Task
 from gems_jax.tasks.face import FaceTask
 from gems_jax.tasks.gems import GemsTask
+from gems_jax.tasks.privacy_av import PrivacyAVTask
 
-REGISTRY: dict[str, type[Task]] = {"gems": GemsTask, "face": FaceTask}
+REGISTRY: dict[str, type[Task]] = {"gems": GemsTask, "face": FaceTask,
+                                   "privacy_av": PrivacyAVTask}
 
 
 def get_task(config, spec) -> Task:

@@ -50,13 +50,22 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: in
 
 def create_optimizer(optim: ml_collections.ConfigDict, schedule: optax.Schedule,
                      params, frozen_prefixes: tuple[str, ...] = ()) -> optax.GradientTransformation:
-  """Adam (AdamW when weight_decay > 0) with optional clipping; parameters whose path starts with
-  one of `frozen_prefixes` (e.g. 'face_branch/encoder') get no updates and no optimizer state."""
+  """`optim.name` 'adam' (AdamW when weight_decay > 0; the default) or 'sgd' (with `momentum`,
+  decoupled weight decay when > 0), with optional clipping; parameters whose path starts with one
+  of `frozen_prefixes` (e.g. 'face_branch/encoder') get no updates and no optimizer state."""
   parts = []
   if optim.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(optim.grad_clip_norm))
-  parts.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                           weight_decay=optim.weight_decay))
+  name = optim.get("name", "adam")
+  if name == "adam":
+    parts.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                             weight_decay=optim.weight_decay))
+  elif name == "sgd":
+    if optim.weight_decay:
+      parts.append(optax.add_decayed_weights(optim.weight_decay))
+    parts.append(optax.sgd(schedule, momentum=optim.momentum or None))
+  else:
+    raise ValueError(f"config.optim.name must be 'adam' or 'sgd', got {name!r}")
   tx = optax.chain(*parts)
   if not frozen_prefixes:
     return tx
