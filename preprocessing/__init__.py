@@ -11,14 +11,14 @@ Modules, in the order data flows through them:
   frames.py           T_v whole frames, squashed or letterboxed to H x W, JPEG
   faces.py            MTCNN (facenet-pytorch, bundled weights), top-K selection, square JPEG crops
   tracking.py         IoU tracker: stable track ids across sampled steps
-  extract.py          one clip -> the face part of an example; extract_config (+ the one-clip CLI)
+  extract.py          one clip -> faces, whole frames, audio of an example; extract_config (+ CLI)
   text.py             descriptions -> (scene, background, event) -> pooled transformer embeddings
   labels.py           labels.json, annotation CSVs (ours and the authors'), split-leak check
   individual.py       per-frame individual annotations attached to detected faces
   features_import.py  the authors' precomputed-feature layout
   report.py           build_report.json
   workers.py          killable worker processes: a clip that hangs or crashes costs only itself
-  pipeline.py         the build stages (text, faces in worker processes, validate + write)
+  pipeline.py         the build stages (text, media in worker processes, validate + write)
   build.py            the dataset CLI
   random_text_encoder.py  a random RoBERTa + on-the-fly tokenizer for offline tests and benchmarks
   make_synthetic.py, synthetic/  the synthetic VGAF-GEMS-format data generator (raw inputs above)

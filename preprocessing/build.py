@@ -1,18 +1,25 @@
 """Builds the GEMS TFDS dataset (ArrayRecord) from raw clips or from the authors' features.
 
-From raw clips (decode, MTCNN faces, crops, tracks, text embeddings, labels):
+From raw clips (decode, MTCNN faces, crops, tracks, whole frames, audio, text embeddings, labels):
     python -m preprocessing.build --videos DIR --annotations FILE [FILE ...] \
         [--descriptions FILE_OR_DIR] [--individual FILE] [--labels labels.json] --data_dir OUT \
         [--workers N --clip_timeout 120] [--num_frames 16 --max_faces 8 --face_size 224 ...]
+        [--whole_frames 0 --whole_frame_size 224 --whole_frame_resize squash]
+        [--audio | --noaudio] [--audio_max_seconds 10]
         [--text_encoder PATH_OR_ID --text_pooling mean|cls --text_max_length 128]
+In privacy mode (kind 'privacy': whole frames, audio, text and clip labels; the face detector
+never runs, and nothing per person is stored):
+    python -m preprocessing.build --privacy --videos DIR --annotations FILE --data_dir OUT \
+        [--whole_frames 5 --noaudio ...]
 From the authors' precomputed features (<root>/<split>/face_features, text_latent{1,2,3}):
     python -m preprocessing.build --from_features ROOT --data_dir OUT [--num_frames 96]
 
 Output: OUT/<name>/<version>/ (TFDS ArrayRecord + gems_meta.json, read by
 gems_jax.data.input_pipeline) and OUT/build_report.json (every clip ok or skipped with the reason;
 see preprocessing/report.py). Per-clip caches in OUT/_work make a rerun skip finished clips.
-gems_meta.json's `extract_config` holds the extraction and text settings, so that
-`python -m preprocessing.extract --extract_config` (the predict tool) repeats them on a new clip.
+gems_meta.json's `extract_config` holds the extraction (kind, faces, whole frames, audio) and text
+settings, so that `python -m preprocessing.extract --extract_config` (the predict tool) repeats
+them on a new clip.
 
 Many machines: run with --num_shards N --shard_index i (same OUT on a shared file system, or copy
 the OUT/_work folders together); a sharded run only extracts its part of the clips (sorted clip
@@ -34,9 +41,17 @@ import numpy as np
 
 from gems_jax.data import npz_records
 from gems_jax.data import spec as spec_lib
-from preprocessing import extract, features_import, individual, labels, pipeline
+from preprocessing import audio, extract, features_import, frames, individual, labels, pipeline
 from preprocessing import text as text_lib
 from preprocessing.report import BuildReport
+
+PRIVACY_WHOLE_FRAMES = 5  # --whole_frames with --privacy: the authors' 5 frames (frames.py).
+PRIVACY_HELP = (
+    "build kind 'privacy': whole frames, audio, descriptions/text embeddings and clip labels, and "
+    "nothing per person (no face crop, box, landmark, track id or per-face label; --individual "
+    "is refused). The face detector does not run at all. Blurring is not offered: the whole "
+    "frames show the scene as filmed, faces included (blurring would need the detector); use "
+    "--whole_frames 0 for a dataset of audio and text only")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,6 +93,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.error("need --videos and --annotations (or --from_features ROOT)")
   if args.clip_timeout < 0:
     parser.error(f"--clip_timeout must be >= 0 (0: no limit), got {args.clip_timeout}")
+  _check_media_flags(parser, args)
   files = [("annotations", path) for path in args.annotations or []] + [
       ("individual", args.individual), ("labels", args.labels)]
   for flag, path in files:  # Checked before any work starts.
@@ -88,6 +104,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.error(f"need 0 <= --shard_index < --num_shards, got {args.shard_index}, "
                  f"{args.num_shards}")
   return args
+
+
+def _check_media_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+  """Checks --privacy, --whole_frames and --audio_max_seconds and fills the --whole_frames
+  default (0, with --privacy PRIVACY_WHOLE_FRAMES)."""
+  if args.from_features and (args.privacy or args.whole_frames):
+    parser.error("--from_features imports face features without frames or audio; it does not "
+                 "take --privacy or --whole_frames")
+  if args.privacy:
+    for flag, value in (("individual", args.individual), ("skip_faceless", args.skip_faceless)):
+      if value:
+        parser.error(f"--{flag} is refused with --privacy: a privacy dataset holds no face and "
+                     f"no per-face label, and the face detector does not run")
+  if args.whole_frames is None:
+    args.whole_frames = PRIVACY_WHOLE_FRAMES if args.privacy else 0
+  if args.whole_frames < 0 or args.audio_max_seconds <= 0:
+    parser.error(f"need --whole_frames >= 0 and --audio_max_seconds > 0, got {args.whole_frames} "
+                 f"and {args.audio_max_seconds}")
+  if args.privacy and not (args.whole_frames or args.audio):
+    parser.error("--privacy with --whole_frames 0 and --noaudio would keep no media: a privacy "
+                 "dataset needs whole frames or audio")
+
+
+def _frame_size(text: str) -> tuple[int, int]:
+  """'224' -> (224, 224); '180x320' -> (180, 320), i.e. HxW."""
+  try:
+    sizes = tuple(int(v) for v in text.lower().split("x"))
+  except ValueError:
+    sizes = ()
+  if len(sizes) not in (1, 2) or min(sizes) < 1:
+    raise argparse.ArgumentTypeError(f"expected a size such as 224 or HxW such as 180x320, got "
+                                     f"{text!r}")
+  return sizes * 2 if len(sizes) == 1 else sizes
 
 
 def _add_extraction_flags(parser: argparse.ArgumentParser) -> None:
@@ -108,6 +157,25 @@ def _add_extraction_flags(parser: argparse.ArgumentParser) -> None:
                  help="detect on a view with this longer side (crops stay full resolution)")
   g.add_argument("--min_face_size", type=int, default=d.min_face_size)
   g.add_argument("--min_face_prob", type=float, default=d.min_face_prob)
+  m = parser.add_argument_group("privacy, whole frames and audio")
+  m.add_argument("--privacy", action="store_true", help=PRIVACY_HELP)
+  m.add_argument("--whole_frames", type=int, default=None,
+                 help=f"T_v whole frames per clip, sampled as the faces' steps (--fps applies) "
+                      f"(default 0; {PRIVACY_WHOLE_FRAMES} with --privacy)")
+  m.add_argument("--whole_frame_size", type=_frame_size, default="224",
+                 help="whole-frame size: S for S x S, or HxW")
+  m.add_argument("--whole_frame_resize", choices=frames.RESIZE_MODES, default="squash",
+                 help="squash: stretch the frame to the size (the authors'); letterbox: keep the "
+                      "aspect on black bars")
+  m.add_argument("--audio", dest="audio", action="store_true", default=True,
+                 help=f"store the clip's sound: int16 mono {audio.SAMPLE_RATE} Hz from its first "
+                      f"frame; a clip without usable audio is kept with has_audio False and a "
+                      f"warning")
+  m.add_argument("--noaudio", dest="audio", action="store_false", default=argparse.SUPPRESS,
+                 help="store no audio")
+  m.add_argument("--audio_max_seconds", type=float, default=audio.MAX_SECONDS,
+                 help=f"stored samples per clip: this x {audio.SAMPLE_RATE} (longer clips are "
+                      f"cut, shorter ones zero-padded; the real length is in audio_length)")
   t = parser.add_argument_group("text")
   t.add_argument("--text_encoder", default="roberta-base",
                  help="local Hugging Face folder, 'pkg:<module>' or a hub id")
@@ -117,12 +185,16 @@ def _add_extraction_flags(parser: argparse.ArgumentParser) -> None:
                  help="descriptions per encoder call (never changes the data)")
 
 
-def _face_config(args: argparse.Namespace) -> extract.ExtractConfig:
+def _extract_config(args: argparse.Namespace) -> extract.ExtractConfig:
   return extract.ExtractConfig(
       num_frames=args.num_frames or extract.ExtractConfig.num_frames, sample_fps=args.fps,
       max_faces=args.max_faces, face_size=args.face_size, face_margin=args.face_margin,
       jpeg_quality=args.jpeg_quality, detect_max_side=args.detect_max_side,
-      min_face_size=args.min_face_size, min_face_prob=args.min_face_prob)
+      min_face_size=args.min_face_size, min_face_prob=args.min_face_prob,
+      kind="privacy" if args.privacy else "faces", num_whole_frames=args.whole_frames,
+      whole_frame_size=args.whole_frame_size, whole_frame_resize=args.whole_frame_resize,
+      audio_samples=round(args.audio_max_seconds * audio.SAMPLE_RATE) if args.audio else 0,
+      audio_rate=audio.SAMPLE_RATE)
 
 
 def _text_settings(args: argparse.Namespace) -> text_lib.TextSettings:
@@ -146,24 +218,26 @@ def _video_example(clip_id: str, label: labels.ClipLabels, space: labels.LabelSp
                    work: pipeline.WorkDirs, people: list[individual.PersonLabel]
                    ) -> tuple[dict[str, Any], dict[str, Any]]:
   """The contract example of one extracted clip and its report fields."""
-  faces = npz_records.load(work.face_file(clip_id))
+  media = npz_records.load(work.media_file(clip_id))
   text = npz_records.load(work.text_file(clip_id))
-  mask = faces["face_mask"]
-  info: dict[str, Any] = {"faces": int(mask.sum()), "steps": int(faces["step_mask"].sum()),
-                          "steps_with_faces": int(mask.any(axis=1).sum()), "warnings": []}
+  info: dict[str, Any] = {**pipeline.clip_stats(media), "warnings": []}
+  if warning := pipeline.audio_warning(media):
+    info["warnings"].append(warning)
+  media.pop("audio_reason", None)  # In the report, not in the example.
   example = {"clip_id": clip_id, "source_video": labels.source_video(clip_id),
              "description": text["description"], "text_embedding": text["text_embedding"],
-             "text_mask": text["text_mask"], **faces, **_label_fill(*mask.shape),
-             **label.example_fields(space)}
-  if people:
-    emotion, valence, arousal, note = individual.assign_individual_labels(
-        people, faces["frame_index"], faces["face_boxes"], mask)
-    example.update(individual_emotion=emotion, individual_valence=valence,
-                   individual_arousal=arousal)
-    labelled = (emotion >= 0) | ~np.isnan(valence) | ~np.isnan(arousal)
-    info["individual_labels"] = int(labelled.sum())
-    if note:
-      info["warnings"].append(note)
+             "text_mask": text["text_mask"], **media, **label.example_fields(space)}
+  if "face_mask" in media:  # Kind 'faces': per-face labels, from --individual when given.
+    example.update(_label_fill(*media["face_mask"].shape))
+    if people:
+      emotion, valence, arousal, note = individual.assign_individual_labels(
+          people, media["frame_index"], media["face_boxes"], media["face_mask"])
+      example.update(individual_emotion=emotion, individual_valence=valence,
+                     individual_arousal=arousal)
+      labelled = (emotion >= 0) | ~np.isnan(valence) | ~np.isnan(arousal)
+      info["individual_labels"] = int(labelled.sum())
+      if note:
+        info["warnings"].append(f"unmatched individual annotations: {note}")
   return example, info
 
 
@@ -200,13 +274,13 @@ def build_from_videos(args: argparse.Namespace, report: BuildReport) -> int:
       if not descriptions.get(clip_id, "").strip():
         report.warn(clip_id, "no description: text parts are zero, text_mask False")
       jobs.append((clip_id, videos[clip_id]))
-  config, text_settings = _face_config(args), _text_settings(args)
+  config, text_settings = _extract_config(args), _text_settings(args)
   work = pipeline.WorkDirs.create(args.data_dir, config, text_settings)
   text_dim = pipeline.run_text_stage([c for c, _ in jobs], descriptions, work, text_settings,
                                      args.device, report)
-  pipeline.run_face_stage(jobs, work, config, report, device=args.device, workers=args.workers,
-                          torch_threads=args.torch_threads, detect_batch=args.detect_batch,
-                          clip_timeout=args.clip_timeout)
+  pipeline.run_media_stage(jobs, work, config, report, device=args.device, workers=args.workers,
+                           torch_threads=args.torch_threads, detect_batch=args.detect_batch,
+                           clip_timeout=args.clip_timeout)
   if args.num_shards > 1:
     return 0
   people, problems = ({}, {})
@@ -214,12 +288,15 @@ def build_from_videos(args: argparse.Namespace, report: BuildReport) -> int:
     people, problems = individual.read_individual_annotations(args.individual, space)
   for clip_id, messages in problems.items():
     if clip_id in report.clips:
-      report.clips[clip_id]["warnings"].extend(messages)
+      report.clips[clip_id]["warnings"].extend(f"individual annotation dropped: {m}"
+                                               for m in messages)
   spec = spec_lib.DatasetSpec(
       name=args.name, version=args.version, num_frames=config.num_frames,
       max_faces=config.max_faces, text_dim=text_dim, storage="crops",
-      face_size=config.face_size, extract_config=extract.make_extract_config(config, text_settings),
-      **space.spec_fields())
+      face_size=config.face_size, kind=config.kind, num_whole_frames=config.num_whole_frames,
+      whole_frame_size=config.whole_frame_size, audio_samples=config.audio_samples,
+      audio_rate=config.audio_rate,
+      extract_config=extract.make_extract_config(config, text_settings), **space.spec_fields())
   path = pipeline.write_stage(
       args.data_dir, spec, report,
       lambda c: _video_example(c, annotations.labels[c], space, work, people.get(c, [])),
@@ -235,7 +312,7 @@ def _features_example(clip_id: str, label: labels.ClipLabels, space: labels.Labe
   info: dict[str, Any] = {"steps": int(record["step_mask"].sum()), "faces": int(
       record["face_mask"].sum()), "warnings": []}
   if found > t:
-    info["warnings"].append(f"{found} step files, kept the first {t} (--num_frames)")
+    info["warnings"].append(f"extra steps: {found} step files, kept the first {t} (--num_frames)")
   missing = [features_import.TEXT_FOLDERS[i] for i, ok in enumerate(record["text_mask"]) if not ok]
   if missing:
     info["warnings"].append(f"no {', '.join(missing)} file: zero part, text_mask False")
@@ -283,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
   settings = {k: v for k, v in vars(args).items()}
   if not args.from_features:
-    settings["extract_config"] = extract.make_extract_config(_face_config(args),
+    settings["extract_config"] = extract.make_extract_config(_extract_config(args),
                                                              _text_settings(args))
   report = BuildReport(sys.argv[:1] + (argv if argv is not None else sys.argv[1:]), settings)
   try:

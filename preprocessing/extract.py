@@ -1,37 +1,40 @@
-"""One clip -> sampled steps, K face crops per step, boxes, scores and track ids.
+"""One clip -> the media part of an example: faces, whole frames, audio, from one sampling plan.
 
     extractor = ClipExtractor(ExtractConfig(num_frames=16), device="cpu")
-    faces = extractor.extract("clip.mp4")       # dict: frame_index, step_mask, faces, face_boxes,
-                                                # face_scores, face_track, face_mask (+ stats)
+    media = extractor.extract("clip.mp4")   # frame_index, step_mask, faces, face_boxes, ... (+ stats)
     record = extract_clip("clip.mp4", description, spec.extract_config)  # as the build did it
 
-Per clip: plan the T sampled frames from the packet count, decode with PyAV, and for each sampled
-frame make a detection view (longer side <= `detect_max_side`), run MTCNN once on it, keep the top
-K faces (score >= `min_face_prob`, ranked by score x area), crop them from the full-resolution
-frame (square, `face_margin` around the box, `face_size` px, JPEG `jpeg_quality`), and give them
-track ids (`tracking.IouTracker`). Decoding and resizing run in a background thread one frame
-ahead of detection (PyAV and PIL release the GIL), which hides most of the decoding cost.
+Per clip: plan the sampled frames from the packet count (`video.plan_sampling`), then
+  * faces (kind 'faces'): decode the T sampled frames, run MTCNN once on a detection view of each
+    (longer side <= `detect_max_side`), keep the top K faces (score >= `min_face_prob`, ranked by
+    score x area), crop them from the full-resolution frame (square, `face_margin` around the box,
+    `face_size` px, JPEG `jpeg_quality`) and give them track ids (`tracking.IouTracker`). Decoding
+    runs in a background thread one frame ahead of detection (PyAV and PIL release the GIL);
+  * whole frames (`num_whole_frames` = T_v > 0): `frames.read_whole_frames`, `whole_frame_size`,
+    `whole_frame_resize`, JPEG `jpeg_quality`;
+  * audio (`audio_samples` = S > 0): `audio.read_audio`, int16 mono at `audio_rate`; a clip without
+    usable audio gets has_audio False and `audio_reason`.
+Kind 'privacy' has no face part: no detector is made or run. The parts share the clip's plan (its
+demuxed frames, fps and start time), so frame_index, whole_frame_index and audio sample
+k * audio_rate / fps name the same moments; whole frames use the face plan itself when T_v = T.
 
-A dataset's `extract_config` (`DatasetSpec.extract_config` in gems_meta.json, written by
-preprocessing.build with `make_extract_config`) holds everything that changes the extracted data,
-flat and JSON-serialisable: the `ExtractConfig` fields (num_frames, sample_fps, max_faces,
-face_size, face_margin, jpeg_quality, detect_max_side, min_face_size, mtcnn_thresholds,
-min_face_prob, track_iou, track_expand, track_max_gap) and the text settings (text_encoder,
-text_pooling, text_max_length), i.e. the settings that name the build's two cache folders.
-`extract_clip` repeats that extraction on any clip; run-time knobs (device, detect batch, torch
-threads) never change the data and are not part of it.
+A dataset's `extract_config` (in gems_meta.json, written by preprocessing.build with
+`make_extract_config`) holds everything that changes the extracted data, flat and JSON-serialisable:
+the `ExtractConfig` fields and the text settings (text_encoder, text_pooling, text_max_length), i.e.
+the settings that name the build's two cache folders. One written before the privacy kind, whole
+frames and audio existed lacks `MEDIA_KEYS` and means their defaults (faces, neither). Run-time
+knobs (device, detect batch, torch threads) never change the data and are not part of it.
 
 CLI (used by the predict tool in a subprocess; prints nothing but errors):
     python -m preprocessing.extract --video F [--description TEXT] --extract_config CONFIG.json \
         --out F.npz [--thumb_size 480] [--device cpu --detect_batch 1 --torch_threads 1]
 CONFIG.json holds a dataset's `extract_config`. Writes `extract_clip`'s record with
-`gems_jax.data.npz_records.save` (read it back with `npz_records.load`, numpy only): the contract
-example without any label (clip_id, source_video, description, frame_index, step_mask, faces,
-face_boxes, face_scores, face_track, face_mask, text_embedding, text_mask), plus `frame_jpegs` [T]
-(JPEG of each sampled frame, longer side <= --thumb_size, b'' for padded steps) and `frame_size`
-int32 [2] (original width, height, upright) for drawing a contact sheet: scale the boxes by
-thumb_width / width. An unreadable video or a bad CONFIG.json exits with status 2 and the reason
-as the last line of stderr.
+`gems_jax.data.npz_records.save` (read it with `npz_records.load`, numpy only): the contract example
+without labels (the keys of the dataset's kind, whole frames and audio), plus `audio_reason` with
+audio, and for kind 'faces' `frame_jpegs` [T] (each sampled frame, longer side <= --thumb_size, b''
+when padded) and `frame_size` int32 [2] (original width, height, upright) for a contact sheet: scale
+the boxes by thumb_width / width. An unreadable video or a bad CONFIG.json exits with status 2 and
+the reason as the last line of stderr.
 """
 from __future__ import annotations
 
@@ -51,13 +54,21 @@ import torch
 from PIL import Image
 
 from gems_jax.data import npz_records
-from preprocessing import faces as faces_lib, labels, text as text_lib, video
+from gems_jax.data import spec as spec_lib
+from preprocessing import audio as audio_lib, faces as faces_lib, frames as frames_lib, labels
+from preprocessing import text as text_lib, video
 from preprocessing.tracking import IouTracker
+
+
+# ExtractConfig fields added with the privacy kind, whole frames and audio: an extract_config
+# without them means their defaults, a faces extraction with neither (datasets built before).
+MEDIA_KEYS = ("kind", "num_whole_frames", "whole_frame_size", "whole_frame_resize",
+              "audio_samples", "audio_rate")
 
 
 @dataclasses.dataclass(frozen=True)
 class ExtractConfig:
-  """Everything that changes the extracted faces (its hash names the build's face cache folder)."""
+  """Everything that changes the extracted clip (its hash names the build's per-clip cache)."""
   num_frames: int = 16  # T.
   sample_fps: float | None = None  # None: uniform over the clip; e.g. 1.0: the authors' 1 frame/s.
   max_faces: int = 8  # K.
@@ -71,18 +82,34 @@ class ExtractConfig:
   track_iou: float = 0.3
   track_expand: float = 2.0
   track_max_gap: int = 2
+  kind: str = "faces"  # 'faces', or 'privacy': no detector, no face field (spec.KINDS).
+  num_whole_frames: int = 0  # T_v whole frames; 0: none.
+  whole_frame_size: tuple[int, int] = (224, 224)  # (H, W) of a whole frame.
+  whole_frame_resize: str = "squash"  # 'squash' (the authors') or 'letterbox' (frames.py).
+  audio_samples: int = 0  # S int16 mono samples from the first frame; 0: no audio.
+  audio_rate: int = audio_lib.SAMPLE_RATE  # Hz.
 
   def __post_init__(self):
     object.__setattr__(self, "mtcnn_thresholds", tuple(float(t) for t in self.mtcnn_thresholds))
+    object.__setattr__(self, "whole_frame_size", tuple(int(v) for v in self.whole_frame_size))
     checks = {"num_frames": self.num_frames >= 1, "max_faces": self.max_faces >= 1,
               "face_size": self.face_size >= 8, "face_margin": self.face_margin >= 0,
               "jpeg_quality": 1 <= self.jpeg_quality <= 100,
               "detect_max_side": self.detect_max_side >= 32,
               "min_face_prob": 0 <= self.min_face_prob <= 1,
-              "sample_fps": self.sample_fps is None or self.sample_fps > 0}
+              "sample_fps": self.sample_fps is None or self.sample_fps > 0,
+              "kind": self.kind in spec_lib.KINDS,
+              "num_whole_frames": self.num_whole_frames >= 0,
+              "whole_frame_size": len(self.whole_frame_size) == 2 and min(
+                  self.whole_frame_size) >= 1,
+              "whole_frame_resize": self.whole_frame_resize in frames_lib.RESIZE_MODES,
+              "audio_samples": self.audio_samples >= 0, "audio_rate": self.audio_rate >= 1}
     bad = ", ".join(f"{name}={getattr(self, name)!r}" for name, ok in checks.items() if not ok)
     if bad:
       raise ValueError(f"ExtractConfig: invalid {bad}")
+    if self.kind == "privacy" and not (self.num_whole_frames or self.audio_samples):
+      raise ValueError("ExtractConfig: kind 'privacy' keeps no face, so it needs whole frames or "
+                       "audio (num_whole_frames or audio_samples > 0)")
 
 
 def _prefetched(make_iterator: Callable[[], Iterator[Any]], depth: int) -> Iterator[Any]:
@@ -122,7 +149,8 @@ def _prefetched(make_iterator: Callable[[], Iterator[Any]], depth: int) -> Itera
 
 
 class ClipExtractor:
-  """Holds the detector; `extract` turns one clip into the face part of an example.
+  """Holds the detector (kind 'faces' only); `extract` turns one clip into the media part of an
+  example.
 
   Run-time knobs that never change the data: device (torch device of MTCNN), decode_threads
   (FFmpeg decoder threads, 0 = FFmpeg's choice), prefetch (decode in a background thread),
@@ -133,7 +161,8 @@ class ClipExtractor:
                prefetch: bool = True, detect_batch: int = 1):
     self.config, self.decode_threads, self.prefetch = config, decode_threads, prefetch
     self.detect_batch = detect_batch
-    self.detector = faces_lib.FaceDetector(config.min_face_size, config.mtcnn_thresholds, device)
+    self.detector = (faces_lib.FaceDetector(config.min_face_size, config.mtcnn_thresholds, device)
+                     if config.kind == "faces" else None)
 
   def _frames(self, path, plan) -> Iterator[tuple[int, int, Image.Image, Image.Image, float]]:
     for step, index, image in video.iter_sampled_frames(path, plan, self.decode_threads):
@@ -152,15 +181,30 @@ class ClipExtractor:
       yield from zip(chunk, self.detector.detect_many([f[3] for f in chunk]))
 
   def extract(self, path: str | pathlib.Path, thumb_size: int = 0) -> dict[str, Any]:
-    """The face arrays of the clip at `path` (raises video.VideoError for a bad file).
+    """The media arrays of the clip at `path` (raises video.VideoError for a bad video).
 
-    Returns frame_index, step_mask, faces, face_boxes, face_scores, face_track, face_mask (shapes
-    as in the contract), num_faces, steps_with_faces, and with thumb_size > 0 also frame_jpegs
-    and frame_size (see the module docstring).
+    Kind 'faces': frame_index, step_mask, faces, face_boxes, face_scores, face_track, face_mask
+    (shapes as in the contract), num_faces, steps_with_faces, and with thumb_size > 0 also
+    frame_jpegs and frame_size (see the module docstring). With whole frames: whole_frames,
+    whole_frame_index, whole_frame_mask; with audio: audio, audio_length, has_audio, audio_reason.
     """
     c = self.config
+    faces = c.kind == "faces"
+    # The clip's plan; with audio only, one step: its timeline, and a check that the video reads.
+    plan = video.plan_sampling(path, c.num_frames if faces else c.num_whole_frames or 1,
+                               c.sample_fps)
+    out = self._faces(path, plan, thumb_size) if faces else {}
+    if c.num_whole_frames:
+      out.update(whole_frame_fields(path, plan, c))
+    if c.audio_samples:
+      out.update(audio_fields(path, plan, c))
+    return out
+
+  def _faces(self, path: str | pathlib.Path, plan: video.SamplingPlan,
+             thumb_size: int) -> dict[str, Any]:
+    """The face arrays of `extract` (kind 'faces')."""
+    c = self.config
     t, k = c.num_frames, c.max_faces
-    plan = video.plan_sampling(path, t, c.sample_fps)
     out: dict[str, Any] = {
         "frame_index": plan.frame_index.astype(np.int32), "step_mask": plan.step_mask,
         "faces": np.full((t, k), b"", dtype=object),
@@ -189,6 +233,34 @@ class ClipExtractor:
     return out
 
 
+def whole_frame_fields(path: str | pathlib.Path, plan: video.SamplingPlan,
+                       config: ExtractConfig) -> dict[str, Any]:
+  """whole_frames [T_v] JPEG bytes, whole_frame_index, whole_frame_mask of the clip at `path`.
+
+  `plan` is the clip's plan; when it has another number of steps than T_v, the whole frames get
+  a plan of T_v steps by the same rule over the same frames.
+  """
+  if len(plan.frame_index) != config.num_whole_frames:
+    plan = video.plan_sampling(path, config.num_whole_frames, config.sample_fps)
+  height, width = config.whole_frame_size
+  frames = frames_lib.read_whole_frames(path, width=width, height=height,
+                                        mode=config.whole_frame_resize,
+                                        jpeg_quality=config.jpeg_quality, plan=plan)
+  jpegs = np.empty(len(frames.jpegs), dtype=object)
+  jpegs[:] = frames.jpegs
+  return {"whole_frames": jpegs, "whole_frame_index": plan.frame_index.astype(np.int32),
+          "whole_frame_mask": plan.step_mask}
+
+
+def audio_fields(path: str | pathlib.Path, plan: video.SamplingPlan,
+                 config: ExtractConfig) -> dict[str, Any]:
+  """audio int16 [S], audio_length, has_audio and audio_reason ('' or why there is no audio)."""
+  clip = audio_lib.read_audio(path, plan, sample_rate=config.audio_rate,
+                              num_samples=config.audio_samples)
+  return {"audio": clip.waveform, "audio_length": np.int32(clip.length),
+          "has_audio": np.bool_(clip.has_audio), "audio_reason": clip.reason}
+
+
 def _thumbnail(image: Image.Image, max_side: int) -> bytes:
   thumb = image.copy()
   thumb.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
@@ -205,23 +277,26 @@ def make_extract_config(config: ExtractConfig, text: text_lib.TextSettings) -> d
 
 def parse_extract_config(extract_config: Mapping[str, Any]
                          ) -> tuple[ExtractConfig, text_lib.TextSettings]:
-  """The face and text settings of an `extract_config`.
+  """The extraction and text settings of an `extract_config`.
 
-  Raises ValueError naming every key it lacks or does not know (no defaults are filled in), so
-  that a clip is never extracted with settings other than the build's.
+  Raises ValueError naming every key it lacks or does not know, so that a clip is never extracted
+  with settings other than the build's. The only defaults are those of `MEDIA_KEYS`, which an
+  extract_config written before they existed lacks (a faces extraction without whole frames or
+  audio).
   """
   if not extract_config:
     raise ValueError("extract_config is empty: the dataset does not record how its clips were "
                      "extracted (imported with --from_features, or built before gems_meta.json "
                      "held extract_config); rebuild it with preprocessing.build")
-  face_keys = {f.name for f in dataclasses.fields(ExtractConfig)}
+  config_keys = {f.name for f in dataclasses.fields(ExtractConfig)}
   text_keys = {f"text_{key}" for key in text_lib.TextSettings().cache_key()}
-  unknown = sorted(set(extract_config) - face_keys - text_keys)
-  missing = sorted((face_keys | text_keys) - set(extract_config))
+  unknown = sorted(set(extract_config) - config_keys - text_keys)
+  missing = sorted((config_keys - set(MEDIA_KEYS) | text_keys) - set(extract_config))
   if unknown or missing:
     raise ValueError(f"extract_config: unknown keys {unknown}, missing keys {missing}")
   try:
-    config = ExtractConfig(**{key: extract_config[key] for key in face_keys})
+    config = ExtractConfig(**{key: extract_config[key] for key in config_keys
+                              if key in extract_config})
     text = text_lib.TextSettings(**{key[len("text_"):]: extract_config[key] for key in text_keys})
   except TypeError as e:  # A value of the wrong type, e.g. a string for num_frames.
     raise ValueError(f"extract_config: {e}") from e
@@ -233,14 +308,15 @@ def extract_clip(video_path: str | os.PathLike, description: str,
                  device: str = "cpu", detect_batch: int = 1) -> dict[str, Any]:
   """The record of one clip, extracted as the build that wrote `extract_config` extracted its own.
 
-  Returns the contract example without labels plus `frame_jpegs` and `frame_size` (module
-  docstring). Raises video.VideoError for an unreadable video and ValueError for a bad
+  Returns the contract example without labels plus `audio_reason`, `frame_jpegs` and `frame_size`
+  as the module docstring says. Raises video.VideoError for an unreadable video and ValueError for a bad
   `extract_config` or a text encoder that does not load.
   """
   config, text = parse_extract_config(extract_config)
   path = pathlib.Path(video_path)
   record = ClipExtractor(config, device, detect_batch=detect_batch).extract(path, thumb_size)
-  del record["num_faces"], record["steps_with_faces"]  # Build-report statistics.
+  for statistic in ("num_faces", "steps_with_faces"):  # Build-report statistics (kind 'faces').
+    record.pop(statistic, None)
   parts = text_lib.split_description(description)
   if description.strip():
     encoder = text_lib.TextEncoder(text.encoder, text.pooling, text.max_length, text.batch_size,

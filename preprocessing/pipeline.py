@@ -1,14 +1,16 @@
-"""The stages of a dataset build from raw clips: text, faces (multi-process), write.
+"""The stages of a dataset build from raw clips: text, media (multi-process), write.
 
-    work = WorkDirs.create(data_dir, face_config, text_settings)   # ExtractConfig, TextSettings
+    work = WorkDirs.create(data_dir, extract_config, text_settings)  # ExtractConfig, TextSettings
     dim = run_text_stage(clips, descriptions, work, text_settings, device, report)
-    run_face_stage(jobs, work, face_config, report, device=..., workers=..., clip_timeout=120)
+    run_media_stage(jobs, work, extract_config, report, device=..., workers=..., clip_timeout=120)
     write_stage(data_dir, spec, report, load_example)      # -> TFDS ArrayRecord dataset
 
-Caches live in `<data_dir>/_work/faces-<hash>/<clip_id>.npz` and `_work/text-<hash>/<clip_id>.npz`,
-where the hash covers every setting that changes the cached data (ExtractConfig; encoder, pooling
-and max length), so a rerun with the same settings skips finished clips and a rerun with other
-settings never mixes old and new data. Labels are not cached: they are joined at write time, so a
+The media stage extracts each clip's faces, whole frames and audio (whichever the ExtractConfig
+asks for) in one killable worker job. Caches live in `<data_dir>/_work/media-<hash>/<clip_id>.npz`
+and `_work/text-<hash>/<clip_id>.npz`, where the hash covers every setting that changes the cached
+data (every ExtractConfig field: kind, faces, whole frames, audio; encoder, pooling and max
+length), so a rerun with the same settings skips finished clips and a rerun with other settings
+never mixes old and new data. Labels are not cached: they are joined at write time, so a
 fixed annotation file needs no re-extraction. Each clip's outcome goes into the `BuildReport`;
 no per-clip problem stops the build.
 """
@@ -41,22 +43,22 @@ def _hash(settings: Mapping[str, Any]) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class WorkDirs:
-  faces: pathlib.Path
+  media: pathlib.Path
   text: pathlib.Path
 
   @classmethod
   def create(cls, data_dir: str | os.PathLike, config: extract.ExtractConfig,
              text: text_lib.TextSettings) -> WorkDirs:
     root = pathlib.Path(data_dir) / "_work"
-    face_settings, text_settings = dataclasses.asdict(config), text.cache_key()
-    dirs = cls(root / f"faces-{_hash(face_settings)}", root / f"text-{_hash(text_settings)}")
-    for folder, settings in ((dirs.faces, face_settings), (dirs.text, text_settings)):
+    media_settings, text_settings = dataclasses.asdict(config), text.cache_key()
+    dirs = cls(root / f"media-{_hash(media_settings)}", root / f"text-{_hash(text_settings)}")
+    for folder, settings in ((dirs.media, media_settings), (dirs.text, text_settings)):
       folder.mkdir(parents=True, exist_ok=True)
       (folder / "settings.json").write_text(json.dumps(settings, indent=1, sort_keys=True))
     return dirs
 
-  def face_file(self, clip_id: str) -> pathlib.Path:
-    return self.faces / f"{clip_id}.npz"
+  def media_file(self, clip_id: str) -> pathlib.Path:
+    return self.media / f"{clip_id}.npz"
 
   def text_file(self, clip_id: str) -> pathlib.Path:
     return self.text / f"{clip_id}.npz"
@@ -125,9 +127,32 @@ def run_text_stage(clip_ids: list[str], descriptions: Mapping[str, str], work: W
 _WORKER: dict[str, Any] = {}
 
 
+def clip_stats(media: Mapping[str, Any]) -> dict[str, Any]:
+  """The report fields of one clip's media record: faces found, whole frames, audio."""
+  stats: dict[str, Any] = {}
+  if "face_mask" in media:
+    mask = media["face_mask"]
+    stats.update(faces=int(mask.sum()), steps=int(media["step_mask"].sum()),
+                 steps_with_faces=int(mask.any(axis=1).sum()))
+  if "whole_frame_mask" in media:
+    stats["whole_frames"] = int(media["whole_frame_mask"].sum())
+  if "has_audio" in media:
+    stats.update(has_audio=bool(media["has_audio"]), audio_length=int(media["audio_length"]))
+  return stats
+
+
+def audio_warning(media: Mapping[str, Any]) -> str:
+  """The report's warning for a clip kept without audio, e.g. 'truncated audio: kept without
+  audio (the packets end at ...)', named by the reader's reason; '' when there is none."""
+  if "has_audio" not in media or media["has_audio"]:
+    return ""
+  kind, _, detail = str(media["audio_reason"]).partition(": ")
+  return f"{kind}: kept without audio" + (f" ({detail})" if detail else "")
+
+
 def _init_worker(config: extract.ExtractConfig, device: str, torch_threads: int,
                  decode_threads: int, detect_batch: int) -> None:
-  """Per process: torch threads and one ClipExtractor (MTCNN loaded once)."""
+  """Per process: torch threads and one ClipExtractor (MTCNN loaded once; none for 'privacy')."""
   import torch
   torch.set_num_threads(torch_threads)
   _WORKER["extractor"] = extract.ClipExtractor(config, device, decode_threads=decode_threads,
@@ -135,7 +160,7 @@ def _init_worker(config: extract.ExtractConfig, device: str, torch_threads: int,
 
 
 def _extract_one(clip_id: str, path: str, out_path: str) -> tuple[str, dict | None, str | None]:
-  """(clip_id, stats, None) after caching the clip's faces, or (clip_id, None, reason)."""
+  """(clip_id, stats, None) after caching the clip's media, or (clip_id, None, reason)."""
   start = time.perf_counter()
   try:
     record = _WORKER["extractor"].extract(path)
@@ -143,11 +168,10 @@ def _extract_one(clip_id: str, path: str, out_path: str) -> tuple[str, dict | No
     return clip_id, None, f"bad video: {e}"
   except Exception as e:  # Any other failure of one clip must not stop the build.
     return clip_id, None, f"extraction failed: {type(e).__name__}: {e}"
-  stats = {"faces": record.pop("num_faces"), "steps_with_faces": record.pop("steps_with_faces"),
-           "steps": int(record["step_mask"].sum())}
+  for statistic in ("num_faces", "steps_with_faces"):  # clip_stats counts them from the record.
+    record.pop(statistic, None)
   npz_records.save(out_path, record)
-  stats["seconds"] = round(time.perf_counter() - start, 3)
-  return clip_id, stats, None
+  return clip_id, {**clip_stats(record), "seconds": round(time.perf_counter() - start, 3)}, None
 
 
 def _record(report: BuildReport, clip_id: str, stats: dict | None, reason: str | None) -> None:
@@ -157,11 +181,12 @@ def _record(report: BuildReport, clip_id: str, stats: dict | None, reason: str |
     report.entry(clip_id).update(stats, source="extracted")
 
 
-def run_face_stage(jobs: list[tuple[str, pathlib.Path]], work: WorkDirs,
-                   config: extract.ExtractConfig, report: BuildReport, *, device: str = "cpu",
-                   workers: int = 1, torch_threads: int = 1, detect_batch: int = 1,
-                   clip_timeout: float | None = CLIP_TIMEOUT) -> None:
-  """Extracts the faces of every job (clip_id, video path) whose cache file is missing.
+def run_media_stage(jobs: list[tuple[str, pathlib.Path]], work: WorkDirs,
+                    config: extract.ExtractConfig, report: BuildReport, *, device: str = "cpu",
+                    workers: int = 1, torch_threads: int = 1, detect_batch: int = 1,
+                    clip_timeout: float | None = CLIP_TIMEOUT) -> None:
+  """Extracts the media (faces, whole frames, audio) of every job (clip_id, video path) whose
+  cache file is missing.
 
   Clips run in `workers` (at least one) spawned processes that this one can kill
   (preprocessing/workers.py), each with `torch_threads` torch threads and an equal share of the
@@ -170,14 +195,14 @@ def run_face_stage(jobs: list[tuple[str, pathlib.Path]], work: WorkDirs,
   """
   todo = []
   for clip_id, path in jobs:
-    if work.face_file(clip_id).exists():
+    if work.media_file(clip_id).exists():
       report.entry(clip_id)["source"] = "cache"
     else:
-      todo.append((clip_id, str(path), str(work.face_file(clip_id))))
+      todo.append((clip_id, str(path), str(work.media_file(clip_id))))
   workers = max(1, workers)
   decode_threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
   initargs = (config, device, torch_threads, decode_threads, detect_batch)
-  progress = tqdm(total=len(todo), desc="faces", unit="clip", disable=not todo)
+  progress = tqdm(total=len(todo), desc="media", unit="clip", disable=not todo)
   for job, result, failure in workers_lib.run_jobs(todo, _extract_one, _init_worker, initargs,
                                                    workers=workers, timeout=clip_timeout):
     if failure is None:
@@ -206,7 +231,8 @@ def write_stage(data_dir: str | os.PathLike, spec: spec_lib.DatasetSpec, report:
         if skip_faceless:
           report.skip(clip_id, "no faces: no face detected in any sampled step (--skip_faceless)")
           continue
-        report.warn(clip_id, "no faces detected in any sampled step (kept: context and text)")
+        report.warn(clip_id, "no faces: none detected in any sampled step (kept: context and "
+                             "text)")
       validation.validate_example(example, spec)
     except (ValueError, KeyError, OSError) as e:  # E.g. a cache file damaged after it was written.
       report.skip(clip_id, f"invalid example: {type(e).__name__}: {e}")

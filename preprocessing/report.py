@@ -5,13 +5,18 @@ build_report.json (written atomically next to the dataset):
      "counts": {"clips": n, "ok": n, "skipped": n, "extracted": n, "from_cache": n,
                 "text_encoded": n},
      "splits": {"train": n_ok, ...}, "warnings": ["global problems"],
+     "clip_warnings": {"no audio stream": n, "no description": n, ...},
      "clips": {"70_25": {"status": "ok", "split": "train", "source": "extracted" | "cache",
-                         "faces": 61, "steps": 16, "steps_with_faces": 14, "seconds": 2.1,
-                         "warnings": ["no description"]},
+                         "faces": 61, "steps": 16, "steps_with_faces": 14, "whole_frames": 5,
+                         "has_audio": false, "audio_length": 0, "seconds": 2.1,
+                         "warnings": ["no audio stream: kept without audio",
+                                      "no description: text parts are zero, text_mask False"]},
                "70_26": {"status": "skipped", "split": "val", "reason": "..."}}}
-`source` says whether this run computed the clip's faces or found them in the cache, so a rerun
-shows what it skipped. Statuses are final only after the write step: an example that fails the
-dataset's validation then turns from ok into skipped.
+`source` says whether this run computed the clip's media or found them in the cache, so a rerun
+shows what it skipped. A clip's fields are those its dataset holds (a privacy build has no face
+counts). A clip warning reads "<kind>: <detail>"; `clip_warnings` counts the ok clips' warnings
+by kind. Statuses are final only after the write step: an example that fails the dataset's
+validation then turns from ok into skipped.
 """
 from __future__ import annotations
 
@@ -58,6 +63,12 @@ class BuildReport:
             "extracted": sources["extracted"], "from_cache": sources["cache"],
             "text_encoded": self.text_encoded}
 
+  def warning_counts(self) -> dict[str, int]:
+    """Warnings of the ok clips by kind (the text before the first ':'), most frequent first."""
+    kinds = collections.Counter(w.split(":")[0] for e in self.clips.values()
+                                if e["status"] == "ok" for w in e["warnings"])
+    return dict(kinds.most_common())
+
   def split_counts(self) -> dict[str, int]:
     return dict(sorted(collections.Counter(
         e["split"] for e in self.clips.values() if e["status"] == "ok").items()))
@@ -69,7 +80,7 @@ class BuildReport:
       clips[clip_id] = clean
     return {"command": self.command, "settings": self.settings, "dataset": self.dataset,
             "counts": self.counts(), "splits": self.split_counts(), "warnings": self.warnings,
-            "clips": clips}
+            "clip_warnings": self.warning_counts(), "clips": clips}
 
   def save(self, path: str | os.PathLike) -> pathlib.Path:
     path = pathlib.Path(path)
@@ -90,5 +101,6 @@ class BuildReport:
              f"from cache {counts['from_cache']}), skipped {counts['skipped']}",
              "splits: " + (", ".join(f"{s} {n}" for s, n in self.split_counts().items()) or "-")]
     lines += [f"  skipped x{n}: {reason}" for reason, n in reasons.most_common()]
+    lines += [f"  warned x{n}: {kind}" for kind, n in self.warning_counts().items()]
     lines += [f"warning: {w}" for w in self.warnings]
     return "\n".join(lines)

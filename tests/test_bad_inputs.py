@@ -154,7 +154,7 @@ def test_annotations_that_are_not_a_file_stop_before_any_work(kind, tmp_path, ca
 
 
 def _cached_clips(data_dir):
-  return sorted(p.stem for p in data_dir.glob("_work/faces-*/*.npz"))
+  return sorted(p.stem for p in data_dir.glob("_work/media-*/*.npz"))
 
 
 def _kill_after_one_more_clip(command, data_dir):

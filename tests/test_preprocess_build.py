@@ -1,4 +1,5 @@
-"""The dataset build from raw clips: report, round trip, resume, split leaks, shards, workers."""
+"""The dataset build from raw clips: report, round trip, resume, split leaks, shards, workers.
+(Audio, whole frames and privacy builds: test_build_av.py.)"""
 import io
 import json
 import shutil
@@ -11,7 +12,7 @@ from PIL import Image
 
 from gems_jax.data import input_pipeline, npz_records
 from gems_jax.data import spec as spec_lib
-from preprocessing import build, extract
+from preprocessing import audio, build, extract, video
 from preprocessing import text as text_lib
 from preprocessing.random_text_encoder import write_random_roberta
 
@@ -102,14 +103,15 @@ def test_report_lists_every_clip_with_its_outcome(built):
   assert "empty file" in clips["72_1"]["reason"] and "group_emotion 12" in clips["75_1"]["reason"]
   assert clips["70_1"]["faces"] > 0 and clips["70_1"]["steps_with_faces"] >= 6
   assert clips["76_1"]["faces"] == 0
-  assert any("no faces" in w for w in clips["76_1"]["warnings"])
-  assert any("no description" in w for w in clips["76_1"]["warnings"])
+  assert "no audio stream: kept without audio" in clips["76_1"]["warnings"]
+  assert (clips["70_1"]["has_audio"], clips["76_1"]["has_audio"]) == (True, False)
+  assert report["clip_warnings"] == {"no faces": 1, "no description": 1, "no audio stream": 1}
   assert report["counts"]["extracted"] == 2 and report["splits"] == {"train": 1, "val": 1}
 
 
-def test_round_trip_through_the_input_pipeline(built):
+def test_round_trip_through_the_input_pipeline(built, raw):
   data_dir, report = built
-  work = sorted((data_dir / "_work").glob("faces-*"))[0]
+  work = sorted((data_dir / "_work").glob("media-*"))[0]
   text_work = sorted((data_dir / "_work").glob("text-*"))[0]
   spec = input_pipeline.load_spec(data_dir)
   assert (spec.num_frames, spec.max_faces, spec.face_size, spec.text_dim) == (8, 8, 224, 24)
@@ -126,6 +128,11 @@ def test_round_trip_through_the_input_pipeline(built):
       np.testing.assert_array_equal(batch["faces"][0, t, k], pixels)
     np.testing.assert_array_equal(batch["text_embedding"][0], text["text_embedding"])
     assert batch["description"][0] == text["description"]
+    assert spec.audio_samples == 160_000 and not spec.num_whole_frames  # The defaults.
+    path = raw / "videos" / ("70_1.mp4" if clip_id == "70_1" else "76_1.mkv")
+    sound = audio.read_audio(path, video.plan_sampling(path, 8), num_samples=160_000)
+    np.testing.assert_array_equal(batch["audio"][0], sound.waveform)
+    assert (batch["audio_length"][0], batch["has_audio"][0]) == (sound.length, sound.has_audio)
   train = next(input_pipeline.iterate_split_once(data_dir, "train", batch_size=1))
   assert train["text_mask"][0].tolist() == [True, True, True]
   assert (train["group_emotion"][0], train["situation"][0], train["arousal"][0]) == (2, 7, -0.25)
@@ -140,16 +147,17 @@ def test_stored_extract_config_repeats_the_build_on_a_clip(built, raw, encoder):
   dataset_dir = input_pipeline.resolve_dataset_dir(data_dir)
   spec = input_pipeline.load_spec(data_dir)
   meta = json.loads((dataset_dir / spec_lib.META_FILENAME).read_text())
-  expected = extract.make_extract_config(extract.ExtractConfig(num_frames=8, detect_max_side=960),
-                                         text_lib.TextSettings(encoder))
+  expected = extract.make_extract_config(
+      extract.ExtractConfig(num_frames=8, detect_max_side=960, audio_samples=160_000),
+      text_lib.TextSettings(encoder))
   assert meta["extract_config"] == spec.extract_config == json.loads(json.dumps(expected))
   batch = next(input_pipeline.iterate_split_once(data_dir, "train", batch_size=1))
   record = extract.extract_clip(raw / "videos" / "70_1.mp4", batch["description"][0],
                                 spec.extract_config, thumb_size=64)
   assert sorted(record) == sorted(
-      set(spec_lib.example_keys(spec)) - LABEL_KEYS | {"frame_jpegs", "frame_size"})
+      set(spec_lib.example_keys(spec)) - LABEL_KEYS | {"frame_jpegs", "frame_size", "audio_reason"})
   for key in ("frame_index", "step_mask", "face_boxes", "face_scores", "face_track", "face_mask",
-              "text_mask"):
+              "text_mask", "audio", "audio_length", "has_audio"):
     np.testing.assert_array_equal(record[key], batch[key][0], err_msg=key)
   np.testing.assert_allclose(record["text_embedding"], batch["text_embedding"][0], atol=1e-5)
   for t, k in zip(*np.nonzero(record["face_mask"])):
@@ -160,7 +168,7 @@ def test_stored_extract_config_repeats_the_build_on_a_clip(built, raw, encoder):
 def test_rerun_reuses_the_cache_and_joins_new_labels(built, raw, encoder):
   data_dir, _ = built
   cached = {p: p.stat().st_mtime_ns for p in (data_dir / "_work").glob("*/*.npz")}
-  faces = npz_records.load(next(p for p in cached if p.parent.name.startswith("faces-")
+  faces = npz_records.load(next(p for p in cached if p.parent.name.startswith("media-")
                                 and p.stem == "70_1"))
   t = int(np.argmax(faces["face_mask"].sum(1)))
   box = faces["face_boxes"][t, 0]
