@@ -5,7 +5,7 @@
 #   ./run.sh setup           create .venv and install the pinned stack (idempotent, quick when done)
 #   ./run.sh test [ARGS]     the whole pytest suite (sets up first if needed); ARGS go to pytest
 #   ./run.sh demo [ARGS]     synthetic data -> preprocessing -> training -> evaluation -> report
-#   ./run.sh bench NAME      benchmarks (python -m benchmarks.NAME): swin | attention | train |
+#   ./run.sh bench NAME      benchmarks (python -m benchmarks.NAME): swin | vit | attention | train |
 #                            preprocess | paper  (extra ARGS go to the program)
 #   ./run.sh python ARGS     run the venv's python (e.g. ./run.sh python -m gems_jax.main --help)
 set -euo pipefail
@@ -48,7 +48,7 @@ case "$cmd" in
     exec "$PY" -m gems_jax.demo "$@" ;;
   bench)
     setup
-    name=${1:?usage: ./run.sh bench swin|attention|train|preprocess|paper [ARGS]}
+    name=${1:?usage: ./run.sh bench swin|vit|attention|train|preprocess|paper [ARGS]}
     shift
     exec "$PY" -m "benchmarks.$name" "$@" ;;
   python)

@@ -17,7 +17,9 @@ CLI (writes an orbax checkpoint of the variables plus `swin_config.json` with th
 Restore it without torch: `module, variables = gems_jax.training.checkpointing.restore_converted(DIR)`,
 which rebuilds the module from the JSON and restores `DIR/variables` onto the abstract variable tree.
 
-torch and safetensors are imported only inside the functions that read PyTorch files.
+torch and safetensors are imported only inside the functions that read PyTorch files. The generic
+parts (`read_torch_state_dict`, `timm_key`, `map_state_dict`, `CheckpointMismatchError`) also serve
+`gems_jax.tools.convert_vit`.
 """
 import argparse
 import os
@@ -33,6 +35,7 @@ from gems_jax.models.swin import SwinTransformer, create_swin
 from gems_jax.training.checkpointing import abstract_variables, save_converted
 
 IGNORED_BUFFERS = ("relative_position_index", "attn_mask")
+SWIN_RENAMES = {"head": "head.fc"}  # Flax module name -> timm module path
 
 
 class CheckpointMismatchError(ValueError):
@@ -51,19 +54,20 @@ class CheckpointMismatchError(ValueError):
     super().__init__("\n".join(parts))
 
 
-def _timm_key(path: tuple[str, ...]) -> str:
-  """Flax parameter path -> timm state-dict key."""
+def timm_key(path: tuple[str, ...], renames: Mapping[str, str] | None = None) -> str:
+  """Flax parameter path -> timm state-dict key: `blocks_3` -> `blocks.3` (any `name_<digits>`),
+  Dense/Conv `kernel` and LayerNorm `scale` -> `weight`, other names as they are unless `renames`
+  maps them (Swin: `head` -> `head.fc`)."""
+  renames = renames or {}
   names = []
   for name in path:
     stem, _, number = name.rpartition("_")
-    if stem in ("layers", "blocks") and number.isdigit():
+    if stem and number.isdigit():
       names += [stem, number]
-    elif name == "head":
-      names += ["head", "fc"]
     elif name in ("kernel", "scale"):
       names.append("weight")
     else:
-      names.append(name)
+      names.append(renames.get(name, name))
   return ".".join(names)
 
 
@@ -82,6 +86,32 @@ def _to_flax(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
   return value
 
 
+def map_state_dict(model_name: str, module, state_dict: Mapping[str, Any],
+                   renames: Mapping[str, str] | None = None) -> dict:
+  """Flax variables `{'params': ...}` of `module` from a timm state dict, key by key (`timm_key`).
+
+  Linear weights are transposed and Conv weights go from OIHW to HWIO; every other array is taken as
+  it is. Raises CheckpointMismatchError naming every missing / unexpected / wrongly shaped key.
+  """
+  expected = flax.traverse_util.flatten_dict(abstract_variables(module)["params"])
+  by_timm_key = {timm_key(path, renames): path for path in expected}
+
+  missing = sorted(set(by_timm_key) - set(state_dict))
+  unexpected = sorted(set(state_dict) - set(by_timm_key))
+  params, bad_shapes = {}, []
+  for key in sorted(set(state_dict) & set(by_timm_key)):
+    path = by_timm_key[key]
+    value = _to_flax(path, _to_numpy(state_dict[key]))
+    if value.shape != expected[path].shape:
+      bad_shapes.append(f"{key}: checkpoint {tuple(value.shape)} (as Flax) vs model "
+                        f"{tuple(expected[path].shape)}")
+      continue
+    params[path] = jnp.asarray(value, dtype=expected[path].dtype)
+  if missing or unexpected or bad_shapes:
+    raise CheckpointMismatchError(model_name, missing, unexpected, bad_shapes)
+  return {"params": flax.traverse_util.unflatten_dict(params)}
+
+
 def convert_timm_state_dict(model_name: str, state_dict: Mapping[str, Any],
                             **overrides) -> tuple[SwinTransformer, dict]:
   """(module, variables) with `module.apply(variables, x_nhwc)` equal to timm's `model(x_nchw)`.
@@ -94,23 +124,7 @@ def convert_timm_state_dict(model_name: str, state_dict: Mapping[str, Any],
   if "num_classes" not in overrides and "head.fc.weight" in arrays:
     overrides["num_classes"] = int(arrays["head.fc.weight"].shape[0])
   module = create_swin(model_name, **overrides)
-  expected = flax.traverse_util.flatten_dict(abstract_variables(module)["params"])
-  by_timm_key = {_timm_key(path): path for path in expected}
-
-  missing = sorted(set(by_timm_key) - set(arrays))
-  unexpected = sorted(set(arrays) - set(by_timm_key))
-  params, bad_shapes = {}, []
-  for key in sorted(set(arrays) & set(by_timm_key)):
-    path = by_timm_key[key]
-    value = _to_flax(path, _to_numpy(arrays[key]))
-    if value.shape != expected[path].shape:
-      bad_shapes.append(f"{key}: checkpoint {tuple(value.shape)} (as Flax) vs model "
-                        f"{tuple(expected[path].shape)}")
-      continue
-    params[path] = jnp.asarray(value, dtype=expected[path].dtype)
-  if missing or unexpected or bad_shapes:
-    raise CheckpointMismatchError(model_name, missing, unexpected, bad_shapes)
-  return module, {"params": flax.traverse_util.unflatten_dict(params)}
+  return module, map_state_dict(model_name, module, arrays, SWIN_RENAMES)
 
 
 def read_torch_state_dict(path: str | os.PathLike) -> dict[str, Any]:

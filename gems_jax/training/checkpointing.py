@@ -5,7 +5,7 @@ Layout in a training workdir:
                        bookkeeping) — the newest `keep` are kept; a killed run resumes from the newest.
   best/<step>/         the same, saved when the validation selection metric improves (1 kept).
 A converted timm Swin (`python -m gems_jax.tools.convert_swin`) is a folder with `variables/` (orbax)
-and `swin_config.json`.
+and `swin_config.json`; a converted timm ViT (`gems_jax.tools.convert_vit`) the same with `vit_config.json`.
 
 orbax writes each step to a temporary folder and renames it on success, so a killed save never
 leaves a half-written checkpoint that looks complete. After a save, `gems_sha256.json` in the step
@@ -33,6 +33,8 @@ import orbax.checkpoint as ocp
 LATEST, BEST = "latest", "best"  # The names users pass (`--checkpoint latest`).
 FOLDERS = {LATEST: "checkpoints", BEST: "best"}
 SWIN_CONFIG, SWIN_VARIABLES = "swin_config.json", "variables"
+# Converted timm models: family -> the JSON config that names the model (variables: SWIN_VARIABLES).
+CONVERTED_CONFIGS = {"swin": SWIN_CONFIG, "vit": "vit_config.json"}
 CHECKSUMS = "gems_sha256.json"
 DAMAGED = "damaged"
 
@@ -242,35 +244,40 @@ def read_variables(workdir: str, which: str = BEST, keys=("params", "model_state
 
 
 def abstract_variables(module) -> dict:
-  """ShapeDtypeStructs of a SwinTransformer's `module.init(...)`, without computing anything."""
+  """ShapeDtypeStructs of `module.init(...)` for an image model with `img_size` and `in_chans` fields
+  (Swin, ViT), without computing anything."""
   height, width = (module.img_size,) * 2 if isinstance(module.img_size, int) else module.img_size
   dummy = jax.ShapeDtypeStruct((1, height, width, module.in_chans), jax.numpy.float32)
   return jax.eval_shape(lambda x: module.init(jax.random.key(0), x), dummy)
 
 
 def save_converted(directory: str | os.PathLike, model_name: str, variables: dict,
-                   kwargs: dict[str, Any]) -> pathlib.Path:
-  """Writes a converted Swin: `DIR/variables` (orbax) and `DIR/swin_config.json`; returns DIR."""
+                   kwargs: dict[str, Any], family: str = "swin") -> pathlib.Path:
+  """Writes a converted timm model: `DIR/variables` (orbax) and `DIR/<family>_config.json`
+  (`family` a key of CONVERTED_CONFIGS); returns DIR."""
   directory = pathlib.Path(directory).absolute()
   directory.mkdir(parents=True, exist_ok=True)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(directory / SWIN_VARIABLES, variables, force=True)
   checkpointer.wait_until_finished()
-  (directory / SWIN_CONFIG).write_text(
+  (directory / CONVERTED_CONFIGS[family]).write_text(
       json.dumps({"model_name": model_name, "kwargs": dict(kwargs)}, indent=2) + "\n")
   return directory
 
 
 def restore_converted(directory: str | os.PathLike):
-  """(SwinTransformer module, variables) from a folder written by `save_converted`."""
+  """(module, variables) from a folder written by `save_converted`: a SwinTransformer or, for a
+  folder with `vit_config.json`, a VisionTransformer."""
   from gems_jax.models.swin import create_swin
+  from gems_jax.models.vit import create_vit
   directory = pathlib.Path(directory).absolute()
-  config_path = directory / SWIN_CONFIG
-  if not config_path.is_file():
-    raise FileNotFoundError(f"{config_path} not found; is {directory} a converted Swin?")
-  config = json.loads(config_path.read_text())
+  family = next((f for f, name in CONVERTED_CONFIGS.items() if (directory / name).is_file()), None)
+  if family is None:
+    raise FileNotFoundError(f"{directory / SWIN_CONFIG} not found; is {directory} a converted Swin "
+                            f"(or ViT: {CONVERTED_CONFIGS['vit']})?")
+  config = json.loads((directory / CONVERTED_CONFIGS[family]).read_text())
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config["kwargs"].items()}
-  module = create_swin(config["model_name"], **kwargs)
+  module = (create_vit if family == "vit" else create_swin)(config["model_name"], **kwargs)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_default_sharding()),
                           abstract_variables(module))
   variables = ocp.StandardCheckpointer().restore(directory / SWIN_VARIABLES, abstract)
