@@ -10,6 +10,10 @@ run's config). The clip-level heads see the clip as training did (padded or trun
 `num_steps`); the per-face emotions cover every extracted frame. Writes DIR/profile.json and
 DIR/contact_sheet.png. A clip without faces still gets a clip-level profile (from the description
 alone) and says so. A file that is not a readable video exits with status 1 and a one-line reason.
+
+A workdir of the privacy audio-visual family (`config.task='privacy_av'`) gets the clip's group
+category distribution from its whole frames and sound (its dataset's extraction runs no face
+detector), and profile.json says that no face was used.
 """
 import dataclasses
 import io
@@ -44,8 +48,9 @@ def load_run(workdir: str):
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: is {workdir} a gems_jax training workdir?")
   config = ml_collections.ConfigDict(json.load(open(path)))
-  if config.task != "gems":
-    raise ValueError(f"{workdir} trained config.task={config.task!r}; predict needs a 'gems' run")
+  if config.task not in PREDICTORS:
+    raise ValueError(f"{workdir} trained config.task={config.task!r}; predict knows "
+                     f"{sorted(PREDICTORS)}")
   spec = input_pipeline.load_spec(config.input.data_dir)
   if not spec.extract_config:
     raise ValueError(f"the dataset {config.input.data_dir} records no extract_config (it was not "
@@ -67,10 +72,12 @@ def extract(video: str, description: str, spec, tmp: str) -> dict:
   return npz_records.load(out)
 
 
-def _decode(jpegs: np.ndarray, size: int) -> np.ndarray:
-  out = np.zeros(jpegs.shape + (size, size, 3), np.uint8)
-  for idx in zip(*np.nonzero([[len(b) > 0 for b in row] for row in jpegs])):
-    out[idx] = np.asarray(Image.open(io.BytesIO(jpegs[idx])).convert("RGB"))
+def _decode(jpegs: np.ndarray, height: int, width: int) -> np.ndarray:
+  """JPEG bytes [...] -> uint8 [..., H, W, 3] (zeros where a slot is empty)."""
+  out = np.zeros(jpegs.shape + (height, width, 3), np.uint8)
+  for idx in np.ndindex(jpegs.shape):
+    if len(jpegs[idx]):
+      out[idx] = np.asarray(Image.open(io.BytesIO(jpegs[idx])).convert("RGB"))
   return out
 
 
@@ -116,9 +123,17 @@ def predict(workdir: str, video: str, description: str, out_dir: str) -> dict:
   os.makedirs(out_dir, exist_ok=True)
   with tempfile.TemporaryDirectory() as tmp:
     example = extract(video, description, spec, tmp)
+  result = PREDICTORS[config.task](config, spec, workdir, example, os.path.abspath(video), out_dir)
+  with open(os.path.join(out_dir, "profile.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  return result
+
+
+def _predict_gems(config, spec, workdir, example, video, out_dir) -> dict:
+  """The GEMS profile (clip heads, per-face emotions) and its contact sheet."""
   task, variables = model_and_variables(config, spec, workdir)
   clip = {k: example[k][None] for k in ("step_mask", "face_mask", "text_embedding", "text_mask")}
-  crops = _decode(example["faces"], spec.face_size)
+  crops = _decode(example["faces"], spec.face_size, spec.face_size)
   clip["face_embedding"] = encode_faces(task, variables, crops, example["face_mask"])[None]
   batch, _ = task.prepare_batch(clip)  # The training rule: pad or truncate to the run's steps.
   apply = jax.jit(lambda v, b, **kw: task.model.apply(v, b, train=False, **kw),
@@ -126,11 +141,9 @@ def predict(workdir: str, video: str, description: str, out_dir: str) -> dict:
   outputs = jax.tree.map(np.asarray, apply(variables, jax.tree.map(jnp.asarray, batch)))
   faces = {k: jnp.asarray(clip[k]) for k in ("face_embedding", "face_mask")}
   outputs.update(jax.tree.map(np.asarray, apply(variables, faces, method=GEMS.individual)))
-  result = profile_lib.build_profile(outputs, example, spec, video=os.path.abspath(video),
+  result = profile_lib.build_profile(outputs, example, spec, video=video,
                                      multilabel=config.model.heads.situational == "multilabel")
   result["model_steps"] = config.input.num_steps
-  with open(os.path.join(out_dir, "profile.json"), "w") as f:
-    json.dump(result, f, indent=1)
   thumbs = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) if len(b) else None
             for b in example["frame_jpegs"]]
   shape = next(t.shape for t in thumbs if t is not None)
@@ -138,6 +151,38 @@ def predict(workdir: str, video: str, description: str, out_dir: str) -> dict:
   profile_lib.contact_sheet(os.path.join(out_dir, "contact_sheet.png"), frames,
                             shape[1] / float(example["frame_size"][0]), result)
   return result
+
+
+def _predict_audio_visual(config, spec, workdir, example, video, out_dir) -> dict:
+  """The group category distribution of the privacy audio-visual model (no face is used)."""
+  del out_dir
+  frames_spec = dataclasses.replace(spec, whole_frame_embed_dim=0)
+  task = tasks.get_task(config, frames_spec)
+  variables, _ = checkpointing.read_variables(workdir, checkpointing.BEST)
+  params = dict(variables["params"])
+  uses_video = config.model.mode != "audio"
+  if uses_video and "video_encoder" not in params:  # Trained on cached frame embeddings.
+    if not config.model.video_encoder.checkpoint:
+      raise ValueError(f"{workdir} was trained on cached embeddings of a random video encoder; "
+                       "there are no encoder weights to predict with")
+    params["video_encoder"] = task.video_encoder_params()
+  batch = {k: np.asarray(example[k])[None] for k in ("audio", "audio_length", "has_audio",
+                                                       "whole_frame_mask") if k in example}
+  if uses_video:
+    batch["whole_frames"] = _decode(example["whole_frames"], *spec.whole_frame_size)[None]
+  logits = task.model.apply({"params": params, **variables["model_state"]},
+                            jax.tree.map(jnp.asarray, batch), train=False)["group_category"]
+  probs = np.asarray(jax.nn.softmax(logits[0].astype(jnp.float32)))
+  names = spec.group_category_names
+  return {"video": video, "model": "privacy_av", "mode": config.model.mode, "faces_used": False,
+          "clip": {"group_category": names[int(np.argmax(probs))],
+                   "group_category_probabilities": dict(zip(names, np.round(probs, 4).tolist()))},
+          "has_audio": bool(example.get("has_audio", False)),
+          "audio_note": str(example.get("audio_reason", "")),
+          "num_whole_frames": int(np.sum(example.get("whole_frame_mask", 0)))}
+
+
+PREDICTORS = {"gems": _predict_gems, "privacy_av": _predict_audio_visual}
 
 
 def main(argv):
@@ -150,6 +195,11 @@ def main(argv):
   except RuntimeError as e:  # The extraction stage's one-line reason (unreadable video, ...).
     sys.exit(f"error: {FLAGS.video}: {e}")
   clip = result["clip"]
+  if not result.get("faces_used", True):
+    print(f"{FLAGS.video}: group category {clip['group_category']} "
+          f"{clip['group_category_probabilities']} (no face used; audio: {result['has_audio']}) -> "
+          f"{os.path.join(FLAGS.out, 'profile.json')}")
+    return
   print(f"{FLAGS.video}: group emotion {clip['group_emotion']} ({clip['group_category']}), "
         f"valence {clip['valence']:+.2f}, arousal {clip['arousal']:+.2f}, situation "
         f"{clip['situation']}; {result['num_faces']} faces in {result['num_sampled_frames']} "

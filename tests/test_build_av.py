@@ -277,3 +277,30 @@ def test_real_clip_builds_in_privacy_mode_with_its_sound(real_clip, encoder, tmp
   assert example["has_audio"] and example["audio_length"] == 67_200  # 105 frames at 25 fps.
   assert example["whole_frames"].shape == (5, 224, 224, 3) and example["whole_frame_mask"].all()
   assert example["whole_frames"].std() > 20  # A real scene.
+
+
+def test_predict_on_a_privacy_audio_visual_run_uses_no_face(raw, encoder, tmp_path):
+  """Build (--privacy), train the audio-visual fusion model one epoch, predict a new clip: the
+  category distribution from frames and sound, no face used, the missing sound said."""
+  from configs import privacy_av
+  from gems_jax import train
+  data_dir = tmp_path / "data"
+  status, _ = run_privacy_build(raw, data_dir, encoder, "--whole_frames", "5",
+                                "--whole_frame_size", "32", "--audio_max_seconds", "3")
+  assert status == 0
+  config = privacy_av.get_config("runlocal,mode=fusion")
+  config.input.data_dir = str(data_dir)
+  config.input.batch_size = config.eval.batch_size = 8
+  config.train.num_epochs = 1
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(config, str(workdir))
+  names = input_pipeline.load_spec(data_dir).group_category_names
+  for clip, has_audio in (("10_1.mp4", True), ("12_1.mp4", False)):
+    result = predict.predict(str(workdir), str(raw / "videos" / clip), "", str(tmp_path / clip))
+    assert result["faces_used"] is False and result["has_audio"] is has_audio
+    probs = result["clip"]["group_category_probabilities"]
+    assert list(probs) == list(names) and abs(sum(probs.values()) - 1) < 1e-3
+    assert result["clip"]["group_category"] == max(probs, key=probs.get)
+    assert result["num_whole_frames"] == 5
+    assert (result["audio_note"] == "") is has_audio
+    assert json.loads((tmp_path / clip / "profile.json").read_text()) == result

@@ -93,7 +93,8 @@ class PrivacyAVTask(Task):
       return (ENCODER,)
     return tuple(f"{ENCODER}/{name}" for name in params[ENCODER] if name.startswith("blocks_"))
 
-  def _video_encoder(self):
+  def video_encoder(self):
+    """The ViT of config.model.video_encoder, pooled features only (no head)."""
     from gems_jax.models.vit import create_vit
     ve = self.config.model.video_encoder
     return create_vit(ve.name, num_classes=0, dtype=jnp.dtype(ve.dtype), **dict(ve.overrides))
@@ -105,21 +106,21 @@ class PrivacyAVTask(Task):
     if not (self._uses_video and ve.frozen == "all" and self.config.input.frame_embedding_cache
             and self.spec.num_whole_frames and not self.spec.whole_frame_embed_dim):
       return None
-    vit = self._video_encoder()
+    vit = self.video_encoder()
     return FrozenImageEncoder(
         cache_name="frame_cache", image_key="whole_frames", mask_key="whole_frame_mask",
         embedding_key="whole_frame_embedding", image_size=tuple(self.spec.whole_frame_size),
         features=lambda params, frames: vit.apply(
             {"params": params}, normalize_frames(frames, ve.mean, ve.std)).astype(jnp.float32),
-        params=self._encoder_params(vit),
+        params=self.video_encoder_params(),
         description={"name": ve.name, "overrides": dict(ve.overrides), "dtype": ve.dtype,
                      "mean": list(ve.mean), "std": list(ve.std), "checkpoint": ve.checkpoint},
         cached_spec=lambda spec, dim: dataclasses.replace(spec, whole_frame_embed_dim=dim),
         chunk=self.config.input.frame_cache_chunk)
 
-  def _encoder_params(self, vit) -> dict:
+  def video_encoder_params(self) -> dict:
     """Host params of the video encoder: the converted timm checkpoint's, or random (warned)."""
-    ve = self.config.model.video_encoder
+    ve, vit = self.config.model.video_encoder, self.video_encoder()
     if ve.checkpoint:
       _, variables = checkpointing.restore_converted(ve.checkpoint)
       return jax.device_get({k: v for k, v in variables["params"].items() if k != "head"})
@@ -134,7 +135,7 @@ class PrivacyAVTask(Task):
     ve = self.config.model.video_encoder
     if not ve.checkpoint or ENCODER not in state.params:
       return state
-    loaded = self._encoder_params(self._video_encoder())
+    loaded = self.video_encoder_params()
     target = state.params[ENCODER]
     shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)  # noqa: E731
     if shapes(loaded) != shapes(target):
