@@ -8,8 +8,12 @@ Configurations (all fp32, jit, AOT-compiled first, median of --repeats timed ste
     ablation) in the same run; cached face embeddings (frozen encoder), as the paper trains it.
   * end to end with a small Swin on face crops: batch 8 clips x T=8 steps x K=4 faces of 64x64 px,
     a 2-stage Swin (embed 32) fine-tuned together with the fusion model.
-The authors' PyTorch model at the paper shapes measured 27.7 clips/s for a train step on this
-machine (the team's measurement of the authors' model); it is printed beside ours for reference.
+Only our figures are measured here. The authors' PyTorch model is printed below the table as a
+separately labelled reference, with where it comes from (AUTHORS_PYTORCH): another machine (a 2-core
+Intel Xeon VM) and another session, so no ratio is formed from it; a ratio needs both sides measured on
+one machine in one run. A same-run peer would need the authors' model, which this repository does not
+carry (the reference ran a verbatim copy of their code in a scratch folder that was not kept), so there
+is none.
 """
 import argparse
 import json
@@ -22,9 +26,17 @@ import numpy as np
 from configs import gems as gems_config
 from gems_jax import train
 from gems_jax.data import spec as spec_lib
+from gems_jax.evaluation import report
 from gems_jax.training import sharding as shd
 
-AUTHORS_PYTORCH_TRAIN_CLIPS_PER_S = 27.7
+# The authors' CustomS3AttentionModel (katariaak579/GEMS @5b6ff95, run.py) at the paper shapes, one full
+# train step, fp32, torch with 2 threads: /work/shared/reference/perf_anchors.md §3 (median of 10 runs).
+AUTHORS_PYTORCH = {
+    "train_step_s": 1.155, "batch": 32, "clips_per_s": 27.7,
+    "machine": "2-core Intel Xeon KVM guest (Sapphire Rapids class), torch 2.14.1, 2 threads",
+    "date": "2026-11-22", "source": "/work/shared/reference/perf_anchors.md §3",
+    "same_run": False,
+}
 
 
 def _batch(b, t, k, p, d, *, embed_dim=0, face_size=0, seed=0):
@@ -102,17 +114,21 @@ def main():
   r = time_train_step(swin_config(), spec, _batch(8, 8, 4, 3, 32, face_size=64), args.repeats)
   results.append({"name": "swin64_end_to_end", **r})
 
-  print(f"{'configuration':<22}{'batch':>6}{'step s':>9}{'clips/s':>9}{'params':>12}"
-        f"{'vs authors PyTorch':>20}")
+  provenance = report.provenance()
+  print(f"This run: {provenance['cpu']} ({provenance['cores']} cores), {provenance['utc']}, "
+        f"JAX {provenance['jax']}")
+  print(f"{'configuration':<22}{'batch':>6}{'step s':>9}{'clips/s':>9}{'params':>12}")
   for r in results:
-    ratio = (f"{r['clips_per_s'] / AUTHORS_PYTORCH_TRAIN_CLIPS_PER_S:.2f}x"
-             if r["name"].startswith("fusion") else "-")
-    print(f"{r['name']:<22}{r['batch']:>6}{r['step_s']:>9.3f}{r['clips_per_s']:>9.1f}"
-          f"{r['params']:>12,}{ratio:>20}")
+    print(f"{r['name']:<22}{r['batch']:>6}{r['step_s']:>9.3f}{r['clips_per_s']:>9.1f}{r['params']:>12,}")
+  a = AUTHORS_PYTORCH
+  print(f"\nReference, NOT measured in this run: the authors' PyTorch model at the fusion_* shapes, "
+        f"{a['train_step_s']} s per {a['batch']}-clip train step = {a['clips_per_s']} clips/s, on a "
+        f"{a['machine']}, {a['date']} ({a['source']}). Another machine and session: compare with care, "
+        "no ratio.")
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"devices": str(jax.devices()), "results": results,
-                 "authors_pytorch_train_clips_per_s": AUTHORS_PYTORCH_TRAIN_CLIPS_PER_S}, f, indent=1)
+      json.dump({"provenance": provenance, "devices": str(jax.devices()), "results": results,
+                 "authors_pytorch_reference": AUTHORS_PYTORCH}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ Usage:
   python -m gems_jax.main --config configs/gems.py:runlocal --workdir /tmp/gems   # tiny, CPU
   python -m gems_jax.main --config configs/gems.py --config.optim.learning_rate=1e-4 ...
 Arguments after ':' are comma-separated flags or key=value pairs: `runlocal`, `variant=authors`
-(the authors' choices, for comparison) and `attention=dense` (the no-S3 ablation).
+(the authors' choices, for comparison), `attention=dense` (the no-S3 ablation) and `attention=none`
+(no temporal block at all: tokens go straight to the masked-mean pooling; benchmarks/ablation.py).
 """
 import ml_collections
 
@@ -37,6 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = parse_arg(arg, runlocal=False, variant="ours", attention="s3")
   if args.variant not in ("ours", "authors"):
     raise ValueError(f"variant must be 'ours' or 'authors', got {args.variant!r}")
+  if args.attention not in ("s3", "dense", "none"):
+    raise ValueError(f"attention must be 's3', 'dense' or 'none', got {args.attention!r}")
   config = ml_collections.ConfigDict()
   config.task = "gems"  # 'gems' (clip-level multi-task model) or 'face' (stage-1 face emotion).
   config.seed = 2021  # [code] run.py:1848-1851.
@@ -70,7 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   fu.num_heads = 8  # [code] run.py:1885.
   fu.num_layers = 2  # [code] e_layers, run.py:1886.
   fu.dropout_rate = 0.05  # [code] run.py:1891, used at every dropout site.
-  fu.attention = args.attention  # 's3' [code] or 'dense' (ablation; cf. run_without_s3.py).
+  fu.attention = args.attention  # 's3' [code], 'dense' (ablation; cf. run_without_s3.py) or 'none'.
   fu.autocorrelation = False  # Autoformer block before S3 as in the paper's figure; absent in [code].
   fu.autocorrelation_factor = 1  # top-k = factor * ln(N). [code] layers/AutoCorrelation.py:47.
   fu.moving_avg = 25  # Autoformer series decomposition kernel. [code] Autoformer_EncDec.py.

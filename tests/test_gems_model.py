@@ -2,7 +2,8 @@
 
 Four fusion variants: S3Attention or dense attention, each with and without the Autoformer
 AutoCorrelation block. Checks shapes, padding invariance, gradients, dropout, the authors' last-step
-pooling and the Fourier forecast head against a NumPy reference of gems_reference.md §3.6.
+pooling and the Fourier forecast head against a NumPy reference of gems_reference.md §3.6. The
+pooling-only ablation (attention='none') has no temporal block and cannot see the order of steps.
 """
 import functools
 
@@ -164,6 +165,35 @@ def test_padding_checks_catch_a_model_that_averages_all_steps():
     assert_padding_invariant(cfg)
   with pytest.raises(AssertionError):
     assert_padded_content_ignored(cfg)
+
+
+def test_pooling_only_variant_has_no_temporal_block_and_ignores_step_order():
+  """attention='none': no attention or AutoCorrelation parameters; reversing the order of the real
+  steps leaves the clip-level outputs unchanged (it changes them with S3Attention)."""
+  cfg = model_config("runlocal,attention=none")
+  _, variables, apply = build(cfg)
+  assert set(variables["params"]) == {"face_branch", "embed"} | {
+      f"head_layers_{head}" for head in CLIP_KEYS}
+  assert "constants" not in variables  # S3's landmarks live there.
+  t = cfg.num_steps
+  batch = make_batch([t, 5, 2], t)
+  out = apply(variables, batch)
+  chex.assert_shape([out["group_emotion"], out["arousal"]], [(B, 9), (B,)])
+  chex.assert_tree_all_finite(out)
+  reversed_batch = dict(batch)
+  for key in ("face_embedding", "face_mask"):  # Reverse each clip's real prefix, keep the padding.
+    x = np.asarray(batch[key]).copy()
+    for i, length in enumerate([t, 5, 2]):
+      x[i, :length] = x[i, :length][::-1]
+    reversed_batch[key] = jnp.asarray(x)
+  assert_clip_outputs_close(apply(variables, reversed_batch), out)
+  _, s3_variables, s3_apply = build(variant_config("s3"))
+  with pytest.raises(AssertionError):
+    assert_clip_outputs_close(s3_apply(s3_variables, reversed_batch), s3_apply(s3_variables, batch))
+  with pytest.raises(ValueError, match="autocorrelation"):
+    build(model_config("runlocal,attention=none", autocorrelation=True))
+  with pytest.raises(ValueError, match="attention"):
+    gems_config.get_config("attention=lstm")
 
 
 def loss_fn(apply, variables, batch, params, keys=None):

@@ -68,3 +68,55 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
   jsonl.write_text('{"step": 1, "train/loss": 1.0}\n{broken\n')
   with pytest.raises(ValueError, match='metrics.jsonl:2'):
     report.plot_training_curves(jsonl, tmp_path / 'curves.png')
+
+
+def test_headline_picks_each_heads_metric_and_spread_skips_missing_values():
+  results = computed_metrics()
+  headline = report.headline(results)
+  assert list(headline) == ['group_emotion/accuracy', 'group_category/accuracy', 'situation/accuracy',
+                            'situational_emotion/mAP', 'valence/ccc', 'arousal/ccc',
+                            'individual_emotion/accuracy']
+  assert headline['valence/ccc'] == pytest.approx(results['valence']['model']['ccc'])
+  spread = report.spread([{'a': 1.0, 'b': None}, {'a': 3.0, 'b': 2.0}, {'a': 2.0}])
+  assert spread['a'] == pytest.approx({'mean': 2.0, 'sd': 1.0, 'min': 1.0, 'max': 3.0, 'n': 3})
+  assert spread['b'] == {'mean': 2.0, 'sd': 0.0, 'min': 2.0, 'max': 2.0, 'n': 1}
+  assert report.spread([{'c': None}])['c'] == {'mean': None, 'sd': None, 'min': None, 'max': None, 'n': 0}
+
+
+def test_provenance_names_code_machine_time_and_command():
+  p = report.provenance(seed=3)
+  assert p['seed'] == 3 and p['cores'] >= 1 and p['cpu']
+  assert p['commit'] is None or len(p['commit']) == 40
+  assert p['utc'].endswith(' UTC') and isinstance(p['command'], list)
+  text = report.provenance_markdown(p)
+  assert 'seed 3' in text and p['utc'] in text and p['cpu'] in text
+  assert (p['commit'] or 'unknown')[:12] in text
+
+
+def _fake_run(root, name, results):
+  test = root / name / 'report' / 'test'
+  test.mkdir(parents=True)
+  (test / 'metrics.json').write_text(json.dumps(report.to_jsonable(results)))
+  return str(root / name)
+
+
+def test_demo_report_carries_provenance_spread_and_both_profiles(tmp_path):
+  from gems_jax import demo
+  first = computed_metrics()
+  second = json.loads(json.dumps(report.to_jsonable(first)))
+  second['group_emotion']['model']['accuracy'] = first['group_emotion']['model']['accuracy'] + 0.1
+  runs = [_fake_run(tmp_path, 'gems', first), _fake_run(tmp_path, 'gems_seed1', second)]
+  clip = {'group_emotion': 'joy', 'group_category': 'positive', 'valence': 0.5, 'arousal': 0.2,
+          'situation': 'concert', 'situational_emotions': ['excitement']}
+  profiles = {name: {'video': '/x/crowd_4s.mp4', 'num_faces': 38, 'num_sampled_frames': 8, 'clip': clip}
+              for name in ('no description', 'with the description')}
+  path = demo.write_report(str(tmp_path), runs, profiles, report.provenance(seed=0), {'data': 1.0})
+  text = open(path).read()
+  assert 'Run of ' in text and 'seed 0' in text and 'mean ± sd over 2 seeds' in text
+  accuracy = first['group_emotion']['model']['accuracy']
+  assert f'| group_emotion | accuracy | {accuracy:.3f} | {accuracy + 0.05:.3f} ± 0.071 ' in text
+  assert '| no description | 38 in 8 frames | joy |' in text and '| with the description |' in text
+  assert demo.CROWD_DESCRIPTION in text
+  saved = json.loads((tmp_path / 'report' / 'report.json').read_text())
+  assert saved['provenance']['seed'] == 0 and saved['test']['spread']['group_emotion/accuracy']['n'] == 2
+  assert set(saved['real_clip']['profiles']) == set(profiles)

@@ -1,7 +1,9 @@
-"""The synthetic VGAF-GEMS generator: file formats, planted label rules, splits, determinism, and that MTCNN
-finds the drawn faces where individual.csv says they are."""
+"""The synthetic VGAF-GEMS generator: file formats, planted label rules (the temporal one included), the
+paraphrased and sometimes misleading descriptions, splits, determinism, and that MTCNN finds the drawn faces
+where individual.csv says they are."""
 import collections
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -74,6 +76,9 @@ def test_files_follow_the_data_contract(synthetic_dir):
     assert row["clip_id"] in clip_ids and 0 <= int(row["frame"]) < FRAMES
     x1, y1, x2, y2 = (float(row[k]) for k in ("x1", "y1", "x2", "y2"))
     assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 360
+  header, planted = _read_csv(synthetic_dir / "planted.csv")
+  assert header == ["clip_id", "trajectory", "arc_emotion", "whole_clip_arousal", "described_situation"]
+  assert [r["clip_id"] for r in planted] == [row["clip_id"] for row in annotations]
   lines = (synthetic_dir / "descriptions.jsonl").read_text().splitlines()
   records = [json.loads(line) for line in lines]
   assert [r["clip_id"] for r in records] == [row["clip_id"] for row in annotations]
@@ -86,37 +91,82 @@ def test_files_follow_the_data_contract(synthetic_dir):
 def test_labels_follow_the_documented_rules(synthetic_dir):
   _, annotations = _read_csv(synthetic_dir / "annotations.csv")
   _, individual = _read_csv(synthetic_dir / "individual.csv")
+  _, planted = _read_csv(synthetic_dir / "planted.csv")
   per_clip = collections.defaultdict(list)
   for row in individual:
-    per_clip[row["clip_id"]].append((int(row["emotion"]), float(row["valence"]), float(row["arousal"])))
+    per_clip[row["clip_id"]].append((int(row["emotion"]), float(row["valence"]), float(row["arousal"]),
+                                     int(row["frame"])))
   table = np.array([rules.EMOTION_VALENCE_AROUSAL[e] for e in faces.EMOTIONS])
-  for row in annotations:
-    emotions, valence, arousal = map(np.array, zip(*per_clip[row["clip_id"]]))
+  ending = FRAMES - rules.ending_frames(FRAMES)
+  for row, facts in zip(annotations, planted):
+    emotions, valence, arousal, frame = map(np.array, zip(*per_clip[row["clip_id"]]))
     # Rule 1: individual values sit around the emotion's table entry.
     assert np.all(np.abs(valence - table[emotions, 0]) < 6 * rules.VA_NOISE_SD + 1e-9)
     assert np.all(np.abs(arousal - table[emotions, 1]) < 6 * rules.VA_NOISE_SD + 1e-9)
     # Rule 2: the most frequent individual emotion, ties to the first class.
     assert int(row["group_emotion"]) == int(np.argmax(np.bincount(emotions, minlength=9)))
-    # Rule 3: means and the category thresholds.
+    # Rule 3: the valence mean and the category thresholds.
     assert float(row["valence"]) == pytest.approx(valence.mean(), abs=1e-4)
-    assert float(row["arousal"]) == pytest.approx(arousal.mean(), abs=1e-4)
     group_valence = float(row["valence"])
     expected = 0 if group_valence > 0.2 else 2 if group_valence < -0.2 else 1
     assert int(row["group_category"]) == expected
-    # Rule 4: the situation's fixed set plus the category's emotion.
+    # Rule 4 (temporal): the arousal of the last third; planted.csv holds the whole clip's mean.
+    assert float(row["arousal"]) == pytest.approx(arousal[frame >= ending].mean(), abs=1e-4)
+    assert float(facts["whole_clip_arousal"]) == pytest.approx(arousal.mean(), abs=1e-4)
+    # Rule 5: the situation's fixed set plus the category's emotion.
     situation = scenes.SITUATIONS[int(row["situation"])]
     names = set(rules.SITUATION_EMOTIONS[situation]) | {("pride", "calm", "anxiety")[expected]}
     assert {rules.SITUATIONAL_EMOTIONS[int(i)] for i in row["situational_emotion"].split(";")} == names
 
 
-def test_descriptions_name_the_situation(synthetic_dir):
+def _phrase_situations(phrases: dict, text: str) -> set:
+  return {name for name, options in phrases.items() if text.lower() in [o.lower() for o in options]}
+
+
+def test_descriptions_paraphrase_and_mislead_as_recorded(synthetic_dir):
+  """Rule 6: background and event paraphrase the situation planted.csv records as described, never by a
+  word of a situation's name; that is the drawn situation except in round(MISLEAD_FRACTION * n) clips."""
   _, annotations = _read_csv(synthetic_dir / "annotations.csv")
+  _, planted = _read_csv(synthetic_dir / "planted.csv")
   descriptions = [json.loads(line)["description"]
                   for line in (synthetic_dir / "descriptions.jsonl").read_text().splitlines()]
-  for row, text in zip(annotations, descriptions):
-    name = scenes.SITUATIONS[int(row["situation"])]
-    event = text.split("Event:")[1].strip().rstrip(".").lower()
-    assert event in [e.lower() for e in rules.EVENT_PHRASES[name]]
+  for text, facts in zip(descriptions, planted):
+    background, event = (part.strip().rstrip(".") for part in text.split("Background:")[1].split("Event:"))
+    described = scenes.SITUATIONS[int(facts["described_situation"])]
+    assert described in _phrase_situations(rules.BACKGROUND_PHRASES, background)
+    assert described in _phrase_situations(rules.EVENT_PHRASES, event)
+    words = set(text.lower().replace(",", " ").replace(".", " ").replace(";", " ").split())
+    assert not words & rules.NAME_WORDS, text
+  misleading = [f["described_situation"] != a["situation"] for f, a in zip(planted, annotations)]
+  assert sum(misleading) == round(rules.MISLEAD_FRACTION * NUM_CLIPS)
+  for fraction in (rules.MISLEAD_FRACTION, 0.3):
+    plan = dataset.plan_dataset(400, seed=5, video=dataset.VideoFormat(), mislead_fraction=fraction)
+    wrong = [spec for spec, _ in plan if spec.described_situation is not None]
+    assert len(wrong) == round(fraction * 400)
+    assert all(spec.described_situation != spec.situation for spec in wrong)
+
+
+def test_temporal_rule_is_read_from_the_order_not_from_pooled_statistics():
+  """A rising and a falling clip of one seed draw the same expressions in the same numbers, so anything
+  pooled over frames is the same up to which faces happen to be hidden when, but their arousal labels are
+  0.3 or more apart, four times what the pooled arousal moves; an order-aware statistic, the mean arousal
+  of the last third minus the first third, tells them apart."""
+  video = dataset.VideoFormat(width=320, height=180)
+  table = np.array([rules.EMOTION_VALENCE_AROUSAL[e][1] for e in faces.EMOTIONS])
+  third = rules.ending_frames(video.frames_per_clip)
+  for spec, _ in dataset.plan_dataset(8, seed=4, video=video):
+    rising, falling = (world.make_clip(dataclasses.replace(spec, trajectory=t))
+                       for t in ("rising", "falling"))
+    assert rising.arc_emotion == falling.arc_emotion >= 0
+    assert sorted(rising.expressions.ravel()) == sorted(falling.expressions.ravel())
+    assert not np.array_equal(rising.expressions, falling.expressions)
+    gap = rising.labels.arousal - falling.labels.arousal
+    assert gap > 0.3
+    assert abs(rising.labels.whole_clip_arousal - falling.labels.whole_clip_arousal) < gap / 4
+    for result, sign in ((rising, 1), (falling, -1)):
+      arousal = table[result.expressions]
+      trend = arousal[:, -third:].mean() - arousal[:, :third].mean()
+      assert sign * trend > 0.1, (spec, result.spec.trajectory, trend)
 
 
 def test_label_clip_tie_break_and_visibility():
@@ -124,6 +174,9 @@ def test_label_clip_tie_break_and_visibility():
   visible = np.array([[1, 1, 1, 1], [1, 1, 1, 1], [0, 0, 0, 1]], bool)
   labels = rules.label_clip(expressions, visible, 0, np.random.default_rng(0))
   assert labels.group_emotion == 0                       # fear and joy tie at 4; fear comes first
+  last = visible[:, -1]                                  # ending_frames(4) = 1: arousal of the last frame
+  assert labels.arousal == pytest.approx(np.mean(labels.individual_arousal[last, -1]), abs=1e-4)
+  assert labels.whole_clip_arousal == pytest.approx(np.nanmean(labels.individual_arousal), abs=1e-4)
   assert np.isnan(labels.individual_valence[2, :3]).all() and not np.isnan(labels.individual_valence[2, 3])
   visible[:2] = False                                    # only the anger frame is left
   assert rules.label_clip(expressions, visible, 0, np.random.default_rng(0)).group_emotion == 1
@@ -154,13 +207,16 @@ def test_splits_are_by_source_and_balanced():
   assert situations.max() - situations.min() <= 1
   dominant = np.bincount([spec.dominant_emotion for spec, _ in plan], minlength=9)
   assert dominant.max() - dominant.min() <= 1
+  trajectories = collections.Counter(spec.trajectory for spec, _ in plan)
+  assert set(trajectories) == set(rules.TRAJECTORIES)
+  assert max(trajectories.values()) - min(trajectories.values()) <= 1
   sizes = collections.Counter(spec.clip_id.rsplit("_", 1)[0] for spec, _ in plan)
   assert set(sizes.values()) <= {1, 2, 3} and sum(sizes.values()) == 150
 
 
 def _fingerprint(out):
   files = {name: (out / name).read_bytes() for name in
-           ("annotations.csv", "individual.csv", "descriptions.jsonl", "labels.json")}
+           ("annotations.csv", "individual.csv", "descriptions.jsonl", "labels.json", "planted.csv")}
   frames = {p.name: hashlib.sha256(_decode(p).tobytes()).hexdigest()
             for p in sorted((out / "videos").iterdir())}
   return files, frames

@@ -1,6 +1,6 @@
 """Planted-signal GEMS examples, made in memory: tests and quick runs without any video.
 
-`make_planted_examples(spec, n, seed)` returns contract-conformant examples (`spec.validate_example`
+`make_planted_examples(spec, n, seed)` returns contract-conformant examples (`validation.validate_example`
 accepts them) whose labels follow fixed, learnable rules. The "world" (prototypes and tables) comes
 from `world_seed` only, so splits drawn with different `seed`s share it; `seed` draws the clips.
 With C emotions, G group categories, M situational emotions and Z situations:
@@ -8,7 +8,13 @@ With C emotions, G group categories, M situational emotions and Z situations:
   * Value tables: emotion c has valence v[c] = the (c + 0.5) / C quantile of the valence range, and
     arousal a[c] = the same levels in a fixed random order.
   * People: a clip has 1..K people (tracks). A dominant emotion g ~ uniform(C); each person shows g
-    with probability 0.6, otherwise a uniform other emotion, constant over the clip.
+    with probability 0.6, otherwise a uniform other emotion, constant over the clip, except:
+  * Trajectory (the temporal rule, as in the synthetic video world): a clip is steady, rising or
+    falling (uniform). In a rising or falling clip the people showing g show an arc emotion instead
+    during the first or the last w = max(1, round(n / 3)) of its n real steps: the arc emotion is
+    the one closest to g in valence among those whose arousal lies on the other side of the range's
+    middle, and the third is chosen so that the arousal rises or falls over the clip. Rising and
+    falling thus differ only in the order of the steps, never in how many faces show which emotion.
   * Steps: with probability 0.5 all T steps are real, otherwise 1 + uniform(T // 2 .. T - 2) steps
     (the rest padded). Each person is visible at each real step with probability 0.85 (at least one
     face per clip), in a random slot; boxes drift slowly, track id = person index.
@@ -16,10 +22,12 @@ With C emotions, G group categories, M situational emotions and Z situations:
     offset (std 0.2 / sqrt(E) per dim) + per-step noise (std 0.5 / sqrt(E) per dim).
     storage='crops': an S x S JPEG filled with the emotion's colour (hues evenly spaced), with
     per-person brightness jitter and per-pixel noise.
-  * Individual labels: emotion and v/a of the person's emotion (v/a plus noise of 5% of the range,
-    clipped); each visible face is unlabelled (-1 / NaN) with probability 0.1.
+  * Individual labels: emotion and v/a of the face's emotion (v/a plus a per-person noise of 5% of
+    the range, clipped); each visible face is unlabelled (-1 / NaN) with probability 0.1.
   * group_emotion = the most frequent true emotion over the clip's visible faces (ties: lowest id).
-  * valence, arousal = the mean over visible faces of the people's (noisy) true v/a values.
+  * valence = the mean over visible faces of their (noisy) true valence; arousal = the same mean of
+    arousal over the visible faces of the last w real steps (where the crowd ends up: only the order
+    of the steps tells it apart in a rising and a falling clip). At least one face is visible there.
   * group_category = the bin of the clip valence, highest valence first (so with the default names
     positive / neutral / negative the name matches); G equal-width bins over the central 60% of the
     valence range, the outer bins reaching its ends (G=3: edges at 40% and 60%, which balances the
@@ -45,6 +53,7 @@ from PIL import Image
 from gems_jax.data import spec as spec_lib
 
 _DOMINANT_PROB = 0.6
+_TRAJECTORIES = ("steady", "rising", "falling")
 _VISIBLE_PROB = 0.85
 _UNLABELLED_PROB = 0.1
 _TEXT_PRESENT_PROB = (1.0, 0.8, 0.7)
@@ -110,16 +119,24 @@ def _make_example(spec: spec_lib.DatasetSpec, world: _World, rng: np.random.Gene
   n_people = int(rng.integers(1, k_max + 1))
   dominant = int(rng.integers(c))
   others = (dominant + rng.integers(1, c, size=n_people)) % c
-  emotion = np.where(rng.random(n_people) < _DOMINANT_PROB, dominant, others)
-  noise_v = 0.05 * (spec.valence_range[1] - spec.valence_range[0])
-  noise_a = 0.05 * (spec.arousal_range[1] - spec.arousal_range[0])
-  person_v = np.clip(world.valence[emotion] + noise_v * rng.normal(size=n_people),
-                     *spec.valence_range).astype(np.float32)
-  person_a = np.clip(world.arousal[emotion] + noise_a * rng.normal(size=n_people),
-                     *spec.arousal_range).astype(np.float32)
+  shows_dominant = rng.random(n_people) < _DOMINANT_PROB
+  emotion = np.tile(np.where(shows_dominant, dominant, others), (t_max, 1))  # [T, people]
+  w = max(1, round(n_steps / 3))
+  trajectory = _TRAJECTORIES[int(rng.integers(3))]
+  if trajectory != "steady":
+    middle = np.mean(spec.arousal_range)
+    choices = np.flatnonzero((world.arousal > middle) != (world.arousal[dominant] > middle))
+    arc = int(choices[np.argmin(np.abs(world.valence[choices] - world.valence[dominant]))])
+    arc_first = (world.arousal[arc] < world.arousal[dominant]) == (trajectory == "rising")
+    arc_steps = slice(0, w) if arc_first else slice(n_steps - w, n_steps)
+    emotion[arc_steps, shows_dominant] = arc
+  noise_v = 0.05 * (spec.valence_range[1] - spec.valence_range[0]) * rng.normal(size=n_people)
+  noise_a = 0.05 * (spec.arousal_range[1] - spec.arousal_range[0]) * rng.normal(size=n_people)
+  step_v = np.clip(world.valence[emotion] + noise_v, *spec.valence_range).astype(np.float32)
+  step_a = np.clip(world.arousal[emotion] + noise_a, *spec.arousal_range).astype(np.float32)
   visible = rng.random((n_steps, n_people)) < _VISIBLE_PROB
-  if not visible.any():
-    visible[0, 0] = True
+  if not visible[n_steps - w:].any():
+    visible[n_steps - 1, 0] = True
 
   step_mask = np.arange(t_max) < n_steps
   stride = int(rng.integers(4, 13))
@@ -144,10 +161,12 @@ def _make_example(spec: spec_lib.DatasetSpec, world: _World, rng: np.random.Gene
   boxes = np.where(face_mask[..., None], boxes, 0).astype(np.float32)
   scores = np.where(face_mask, rng.uniform(0.9, 1.0, (t_max, k_max)), 0).astype(np.float32)
 
-  faces_emotion = emotion[person_of]
+  steps = np.arange(t_max)[:, None]
+  faces_emotion, faces_v, faces_a = (x[steps, person_of] for x in (emotion, step_v, step_a))  # [T, K]
+  ending = face_mask & (steps >= n_steps - w)
   group_emotion = _mode(faces_emotion[face_mask], c)
-  valence = float(person_v[person_of][face_mask].mean())
-  arousal = float(person_a[person_of][face_mask].mean())
+  valence = float(faces_v[face_mask].mean())
+  arousal = float(faces_a[ending].mean())
   group_category = _category(valence, spec)
   situation = int(rng.integers(spec.num_situations))
   m = spec.num_situational_emotions
@@ -170,8 +189,8 @@ def _make_example(spec: spec_lib.DatasetSpec, world: _World, rng: np.random.Gene
       "frame_index": frame_index, "step_mask": step_mask,
       "face_boxes": boxes, "face_scores": scores, "face_track": track, "face_mask": face_mask,
       "individual_emotion": np.where(labelled, faces_emotion, -1).astype(np.int32),
-      "individual_valence": np.where(labelled, person_v[person_of], np.nan).astype(np.float32),
-      "individual_arousal": np.where(labelled, person_a[person_of], np.nan).astype(np.float32),
+      "individual_valence": np.where(labelled, faces_v, np.nan).astype(np.float32),
+      "individual_arousal": np.where(labelled, faces_a, np.nan).astype(np.float32),
       "text_embedding": text, "text_mask": text_mask,
       "group_emotion": np.int32(group_emotion), "group_category": np.int32(group_category),
       "valence": np.float32(valence), "arousal": np.float32(arousal),
@@ -189,7 +208,7 @@ def _make_example(spec: spec_lib.DatasetSpec, world: _World, rng: np.random.Gene
     faces = np.full((t_max, k_max), b"", dtype=object)
     for t, k in zip(*np.nonzero(face_mask)):
       person = track[t, k]
-      pixels = world.colours[emotion[person]] * brightness[person] + rng.normal(0, 12, (s, s, 3))
+      pixels = world.colours[emotion[t, person]] * brightness[person] + rng.normal(0, 12, (s, s, 3))
       faces[t, k] = _jpeg(np.clip(pixels, 0, 255).astype(np.uint8))
     example["faces"] = faces
   return example

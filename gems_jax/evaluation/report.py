@@ -8,11 +8,21 @@ baselines per head, and training curves read from the training loop's `metrics.j
 per line with a 'step' and scalar values; keys are grouped into panels by their prefix before the last
 '/', e.g. 'train/loss' and 'train/valence' in panel 'train', 'val/group_emotion/accuracy' in panel
 'val/group_emotion').
+
+For reports that gather several runs (the demo, benchmarks/ablation.py): `headline` picks each head's
+main metric, `spread` gives its mean and spread over runs, and `provenance` records where and from what
+code a report came, so that its figures can be traced and compared with another machine's.
 """
 from collections.abc import Mapping, Sequence
+import datetime
+import importlib.metadata
 import json
 import math
+import os
 import pathlib
+import platform
+import subprocess
+import sys
 
 from matplotlib.figure import Figure
 import numpy as np
@@ -21,6 +31,11 @@ from gems_jax.evaluation.metrics import format_table
 
 # labels.json key holding a head's class names, when they are not given under the head's own name.
 _LABELS_JSON_KEY = {'group_emotion': 'emotion', 'individual_emotion': 'emotion'}
+# The metric that sums up each kind of head, and the heads a run report leads with, in order.
+HEADLINE_METRIC = {'single_label': 'accuracy', 'multi_label': 'mAP', 'regression': 'ccc'}
+HEADLINE_HEADS = ('group_emotion', 'group_category', 'situation', 'situational_emotion', 'valence', 'arousal',
+                  'individual_emotion')
+_REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def to_jsonable(value):
@@ -172,3 +187,75 @@ def write_report(out_dir, metrics: Mapping[str, dict], class_names: Mapping[str,
     if plot_training_curves(jsonl_path, out_dir / 'training_curves.png'):
       written.append(out_dir / 'training_curves.png')
   return written
+
+
+def headline(metrics: Mapping[str, dict]) -> dict[str, float | None]:
+  """{'group_emotion/accuracy': model value, ...}: the headline metric of each HEADLINE_HEADS head present
+  in `metrics` (a metrics.json dict); None where the value is missing or not finite."""
+  out = {}
+  for head in HEADLINE_HEADS:
+    if head in metrics:
+      name = HEADLINE_METRIC[metrics[head]['kind']]
+      out[f'{head}/{name}'] = to_jsonable(metrics[head]['model'].get(name))
+  return out
+
+
+def spread(runs: Sequence[Mapping[str, float | None]]) -> dict[str, dict]:
+  """Per key of the runs' dicts: {'mean', 'sd' (sample sd, ddof=1; 0 for one run), 'min', 'max', 'n'} over
+  the runs that have a value (None skipped; n = 0 gives None everywhere but n)."""
+  out = {}
+  for key in dict.fromkeys(k for run in runs for k in run):
+    values = np.array([run[key] for run in runs if run.get(key) is not None], np.float64)
+    n = len(values)
+    out[key] = {'mean': float(values.mean()) if n else None,
+                'sd': float(values.std(ddof=1)) if n > 1 else (0.0 if n else None),
+                'min': float(values.min()) if n else None, 'max': float(values.max()) if n else None, 'n': n}
+  return out
+
+
+def _git(*args) -> str | None:
+  try:
+    proc = subprocess.run(['git', *args], cwd=_REPO, capture_output=True, text=True, timeout=30)
+  except (OSError, subprocess.TimeoutExpired):
+    return None
+  return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def _cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      return next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')),
+                  platform.processor())
+  except OSError:
+    return platform.processor()
+
+
+_PROVENANCE_KEYS = ('commit', 'uncommitted', 'cpu', 'cores', 'load_average', 'platform', 'python', 'jax',
+                    'utc', 'command')
+
+
+def provenance(**extra) -> dict:
+  """Where a report came from: the git commit and the files that differed from it, the CPU model and
+  count, the load average when it started (other jobs slow timings down), platform, Python and JAX
+  versions, UTC time and the command line, plus `extra` (e.g. seed=0).
+  Figures of a run depend on all of these (the synthetic mp4 bytes and XLA's float paths on the CPU type),
+  so a report that quotes figures carries them."""
+  status = _git('status', '--porcelain')
+  return {'commit': _git('rev-parse', 'HEAD'),
+          'uncommitted': None if status is None else [line[3:] for line in status.splitlines()],
+          'cpu': _cpu_model(), 'cores': os.cpu_count(),
+          'load_average': [round(x, 2) for x in os.getloadavg()], 'platform': platform.platform(),
+          'python': platform.python_version(), 'jax': importlib.metadata.version('jax'),
+          'utc': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC'),
+          'command': [os.path.basename(sys.executable), *sys.argv], **extra}
+
+
+def provenance_markdown(p: Mapping) -> str:
+  """One paragraph of `provenance()` for a report README (the full list of changed files stays in JSON)."""
+  commit = (p['commit'] or 'unknown')[:12]
+  if p['uncommitted']:
+    commit += f" plus uncommitted changes in {len(p['uncommitted'])} files"
+  extra = ', '.join(f'{k} {v}' for k, v in p.items() if k not in _PROVENANCE_KEYS)
+  return (f"Run of {p['utc']}{', ' + extra if extra else ''}; code: commit {commit}; machine: {p['cpu']} "
+          f"({p['cores']} cores, load average {p['load_average'][0]} at the start), {p['platform']}, "
+          f"Python {p['python']}, JAX {p['jax']}; command: `{' '.join(p['command'])}`.")

@@ -8,7 +8,8 @@ Shapes: b clips, T sampled steps, K face slots per step, S crop size, P text par
       masked mean over the K faces of a step ─► frame token [b,T,E]           ┘
   text_embedding [b,P,Dt] ─ masked, flattened, tiled over T ─► [b,T,P*Dt]
   concat ─► Dense(d_model) ─► dropout ─► + sinusoidal positions
-        ─► [AutoformerEncoderLayer] ─► L x (h + S3Attention(h))   (or dense attention; all masked)
+        ─► [AutoformerEncoderLayer] ─► L x (h + S3Attention(h))   (or dense attention; all masked;
+                                                                   or nothing: attention='none')
         ─► pool over valid steps (masked mean, or the authors' last step)
         ─► heads: group_emotion [b,9], group_category [b,3], valence/arousal [b],
                   situational_emotion [b,10], situation [b,10]  (+ the authors' forecast head)
@@ -29,6 +30,7 @@ from gems_jax.models.dense_attention import DenseSelfAttention
 from gems_jax.models.s3attention import S3Attention
 from gems_jax.models.swin import create_swin
 
+ATTENTIONS = ("s3", "dense", "none")  # 'none': no temporal block, the pooling-only ablation.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -130,11 +132,17 @@ class GEMS(nn.Module):
                                              dtype=jnp.dtype(fe.dtype))
     self.embed = nn.Dense(fu.d_model, name="embed")
     self.embed_dropout = nn.Dropout(fu.dropout_rate)
+    if fu.attention not in ATTENTIONS:
+      raise ValueError(f"config.model.fusion.attention must be one of {ATTENTIONS}, got {fu.attention!r}")
+    if fu.attention == "none" and fu.autocorrelation:
+      raise ValueError("config.model.fusion.attention='none' is the model without any temporal block; "
+                       "it cannot have fusion.autocorrelation=True")
     if fu.autocorrelation:
       self.autoformer = AutoformerEncoderLayer(
           fu.d_model, fu.num_heads, d_ff=fu.d_ff, factor=fu.autocorrelation_factor,
           moving_avg=fu.moving_avg, dropout_rate=fu.dropout_rate)
-    self.blocks = [self._attention_block(i) for i in range(fu.num_layers)]
+    # attention='none': the tokens go straight to the pooling, so no statistic of order reaches a head.
+    self.blocks = [] if fu.attention == "none" else [self._attention_block(i) for i in range(fu.num_layers)]
     hd = cfg.heads
     self.head_layers = {
         "group_emotion": nn.Dense(hd.num_emotions), "group_category": nn.Dense(hd.num_group_categories),
@@ -153,10 +161,8 @@ class GEMS(nn.Module):
           max_len=self.config.num_steps, dropout_rate=fu.dropout_rate, segment_map=fu.segment_map,
           combine=fu.combine, norm=fu.norm, use_output_proj=fu.use_output_proj,
           landmark_seed=fu.landmark_seed + i, name=f"s3_{i}")
-    if fu.attention == "dense":
-      return DenseSelfAttention(d_model=fu.d_model, num_heads=fu.num_heads,
-                                dropout_rate=fu.dropout_rate, name=f"dense_{i}")
-    raise ValueError(f"config.model.fusion.attention must be 's3' or 'dense', got {fu.attention!r}")
+    return DenseSelfAttention(d_model=fu.d_model, num_heads=fu.num_heads,
+                              dropout_rate=fu.dropout_rate, name=f"dense_{i}")
 
   def face_features(self, batch: Mapping[str, jax.Array], *, train: bool) -> jax.Array:
     """[b,T,K,E] features: cached embeddings, or the Swin on crops (no gradient when frozen)."""

@@ -7,12 +7,15 @@
   <out>/labels.json            class names and value ranges
   <out>/individual.csv         clip_id,frame,x1,y1,x2,y2,emotion,valence,arousal (visible person-frames only)
   <out>/descriptions.jsonl     {"clip_id": ..., "description": ...}
+  <out>/planted.csv            clip_id,trajectory,arc_emotion,whole_clip_arousal,described_situation: what
+                               the world planted and no model input states (for analysis, not for training)
 Clips are cut from source videos, 2-3 clips per source, with VGAF-like ids `<source>_<clip>`. A source has
 one situation and one venue; the situation is balanced over sources (every situation once before any
-repeats) and the clip's dominant expression is balanced over clips the same way, independently of the
-situation. Splits are drawn per source (no source in two splits), about 70/15/15 % of sources, spread over
-the situations. Everything is a function of `seed`: clip i uses the seed (seed, i), so the files are the same
-for any number of worker processes.
+repeats), and the clip's dominant expression and its trajectory (rules.TRAJECTORIES) are balanced over clips
+the same way, independently of the situation and of each other. A random mislead_fraction of the clips
+(rounded to whole clips) get a description of another situation. Splits are drawn per source (no source in
+two splits), about 70/15/15 % of sources, spread over the situations. Everything is a function of `seed`:
+clip i uses the seed (seed, i), so the files are the same for any number of worker processes.
 """
 import csv
 import dataclasses
@@ -29,6 +32,7 @@ from preprocessing.synthetic import faces, rules, scenes, world
 ANNOTATION_COLUMNS = ("clip_id", "split", "group_emotion", "group_category", "valence", "arousal",
                       "situational_emotion", "situation")
 INDIVIDUAL_COLUMNS = ("clip_id", "frame", "x1", "y1", "x2", "y2", "emotion", "valence", "arousal")
+PLANTED_COLUMNS = ("clip_id", "trajectory", "arc_emotion", "whole_clip_arousal", "described_situation")
 SPLITS = ("train", "val", "test")
 EVAL_FRACTION = 0.15          # of sources, for each of val and test
 CLIPS_PER_SOURCE = (2, 3)
@@ -68,7 +72,8 @@ def assign_splits(source_situations: np.ndarray, rng: np.random.Generator) -> li
   return splits
 
 
-def plan_dataset(num_clips: int, seed: int, video: VideoFormat):
+def plan_dataset(num_clips: int, seed: int, video: VideoFormat,
+                 mislead_fraction: float = rules.MISLEAD_FRACTION):
   """(ClipSpec, split) per clip, in clip order."""
   if num_clips < 1:
     raise ValueError(f"num_clips must be >= 1, got {num_clips}")
@@ -80,12 +85,18 @@ def plan_dataset(num_clips: int, seed: int, video: VideoFormat):
   situations = _balanced(len(sizes), len(scenes.SITUATIONS), rng)
   splits = assign_splits(situations, rng)
   dominant = _balanced(num_clips, len(faces.EMOTIONS), rng)
+  trajectories = _balanced(num_clips, len(rules.TRAJECTORIES), rng)
+  misleading = set(rng.permutation(num_clips)[:round(mislead_fraction * num_clips)].tolist())
+  wrong = rng.integers(1, len(scenes.SITUATIONS), num_clips)   # described = (drawn + wrong) mod 10
   plan, index = [], 0
   for src, size in enumerate(sizes):
     venue = int(np.random.SeedSequence([seed, 1, src]).generate_state(1)[0])
     for clip in range(size):
+      described = (int(situations[src] + wrong[index]) % len(scenes.SITUATIONS) if index in misleading
+                   else None)
       spec = world.ClipSpec(f"{src + 1}_{clip + 1}", int(situations[src]), int(dominant[index]), venue,
-                            (seed, 2, index), video.width, video.height, video.frames_per_clip)
+                            (seed, 2, index), video.width, video.height, video.frames_per_clip,
+                            rules.TRAJECTORIES[trajectories[index]], described)
       plan.append((spec, splits[src]))
       index += 1
   return plan
@@ -144,7 +155,7 @@ def write_mp4(path: pathlib.Path, frames: np.ndarray, fps: int, crf: int = 20) -
 
 
 def _clip_rows(result: world.ClipResult, split: str):
-  """(annotation row, individual rows, description record) of one clip."""
+  """(annotation row, individual rows, description record, planted row) of one clip."""
   lab, spec = result.labels, result.spec
   annotation = [spec.clip_id, split, lab.group_emotion, lab.group_category, f"{lab.valence:.4f}",
                 f"{lab.arousal:.4f}", ";".join(str(i) for i in lab.situational_emotion), lab.situation]
@@ -155,7 +166,10 @@ def _clip_rows(result: world.ClipResult, split: str):
       individual.append([spec.clip_id, t, f"{x1:.1f}", f"{y1:.1f}", f"{x2:.1f}", f"{y2:.1f}",
                          int(result.expressions[p, t]), f"{lab.individual_valence[p, t]:.4f}",
                          f"{lab.individual_arousal[p, t]:.4f}"])
-  return annotation, individual, {"clip_id": spec.clip_id, "description": result.description}
+  described = spec.situation if spec.described_situation is None else spec.described_situation
+  arc = faces.EMOTIONS[result.arc_emotion] if result.arc_emotion >= 0 else ""
+  planted = [spec.clip_id, spec.trajectory, arc, f"{lab.whole_clip_arousal:.4f}", described]
+  return annotation, individual, {"clip_id": spec.clip_id, "description": result.description}, planted
 
 
 def _make_and_write(job):
@@ -173,12 +187,12 @@ def labels_metadata() -> dict:
 
 
 def generate(out_dir, num_clips: int, seed: int, video: VideoFormat = VideoFormat(),
-             workers: int | None = None) -> dict:
+             workers: int | None = None, mislead_fraction: float = rules.MISLEAD_FRACTION) -> dict:
   """Writes the synthetic set to `out_dir` (see the module docstring); returns a summary dict."""
   out = pathlib.Path(out_dir)
   video_dir = out / "videos"
   video_dir.mkdir(parents=True, exist_ok=True)
-  plan = plan_dataset(num_clips, seed, video)
+  plan = plan_dataset(num_clips, seed, video, mislead_fraction)
   jobs = [(spec, split, str(video_dir), video) for spec, split in plan]
   workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
   # Always in fresh 'spawn' processes, even for one worker: libx264's output depended on what else the
@@ -195,6 +209,10 @@ def generate(out_dir, num_clips: int, seed: int, video: VideoFormat = VideoForma
     writer.writerow(INDIVIDUAL_COLUMNS)
     for r in rows:
       writer.writerows(r[1])
+  with open(out / "planted.csv", "w", newline="") as f:
+    writer = csv.writer(f, lineterminator="\n")
+    writer.writerow(PLANTED_COLUMNS)
+    writer.writerows(r[3] for r in rows)
   with open(out / "descriptions.jsonl", "w") as f:
     for r in rows:
       f.write(json.dumps(r[2]) + "\n")
@@ -208,5 +226,7 @@ def generate(out_dir, num_clips: int, seed: int, video: VideoFormat = VideoForma
       "group_emotion": np.bincount([r[0][2] for r in rows], minlength=len(faces.EMOTIONS)).tolist(),
       "group_category": np.bincount([r[0][3] for r in rows], minlength=len(rules.GROUP_CATEGORIES)).tolist(),
       "situation": np.bincount([r[0][7] for r in rows], minlength=len(scenes.SITUATIONS)).tolist(),
+      "trajectory": {t: sum(r[3][1] == t for r in rows) for t in rules.TRAJECTORIES},
+      "misleading_descriptions": sum(r[3][4] != r[0][7] for r in rows),
       "individual_rows": sum(len(r[1]) for r in rows),
   }

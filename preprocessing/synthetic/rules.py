@@ -10,14 +10,21 @@ written files.
    VALUE_DECIMALS.
 2. Group emotion = the most frequent individual emotion over all visible person-frames of the clip; a tie
    goes to the class that comes first in EMOTIONS.
-3. Group valence/arousal = mean of the (rounded) individual values over the visible person-frames, rounded
-   to VALUE_DECIMALS. Group category = positive if valence > CATEGORY_THRESHOLD, negative if valence <
+3. Group valence = mean of the (rounded) individual valences over the visible person-frames, rounded to
+   VALUE_DECIMALS. Group category = positive if valence > CATEGORY_THRESHOLD, negative if valence <
    -CATEGORY_THRESHOLD, else neutral.
-4. Situation = the scene drawn. Situational emotions (multi-hot over SITUATIONAL_EMOTIONS) =
+4. Group arousal = where the crowd's mood ends up: the mean individual arousal over the visible
+   person-frames of the clip's last `ending_frames(T)` frames (the last third). This is the temporal rule:
+   in a clip whose crowd turns (world.py: the TRAJECTORIES 'rising' and 'falling', the same expressions in
+   the opposite order) it is readable only from the order of the frames, not from any statistic pooled
+   over them.
+5. Situation = the scene drawn. Situational emotions (multi-hot over SITUATIONAL_EMOTIONS) =
    SITUATION_EMOTIONS[situation] plus CATEGORY_EMOTION[group category].
-5. The description names the situation (background and event, several phrasings each) and the number of
-   people, and describes their mood by the group category; with probability MOOD_NOISE the mood sentence
-   describes one of the other two categories instead (a video-LLM is not always right).
+6. The description paraphrases a situation (background and event, several phrasings each, never the
+   situation's name) and states the number of people and their mood by the group category; with
+   probability MOOD_NOISE the mood sentence describes one of the other two categories instead. The
+   situation it describes is the drawn one, except in a planned MISLEAD_FRACTION of clips
+   (dataset.plan_dataset), where it describes another (a video-LLM is not always right).
 """
 import dataclasses
 
@@ -30,6 +37,9 @@ GROUP_CATEGORIES = ("positive", "neutral", "negative")
 SITUATIONAL_EMOTIONS = ("celebration", "grief", "tension", "excitement", "boredom", "solidarity", "curiosity",
                         "pride", "calm", "anxiety")
 VALENCE_RANGE = AROUSAL_RANGE = (-1.0, 1.0)
+# How a clip's crowd moves over time (world.py): 'steady', or it turns between its dominant expression
+# and an arc expression of contrasting arousal, so that its arousal rises or falls.
+TRAJECTORIES = ("steady", "rising", "falling")
 
 # (valence, arousal) per emotion: a circumplex-style placement with four positive, four negative and one
 # neutral emotion, so that the group categories come out about balanced.
@@ -41,7 +51,10 @@ EMOTION_VALENCE_AROUSAL = {
 VA_NOISE_SD = 0.05
 VALUE_DECIMALS = 4
 CATEGORY_THRESHOLD = 0.2
+ENDING_FRACTION = 1 / 3     # rule 4: the part of the clip whose arousal is the group's
+ARC_VALENCE_GAP = 0.5       # a crowd's arc expression has about its dominant expression's valence
 MOOD_NOISE = 0.2
+MISLEAD_FRACTION = 0.15     # rule 6: clips whose description describes another situation
 
 # Situational emotions fixed by the situation (names in SITUATIONAL_EMOTIONS).
 SITUATION_EMOTIONS = {
@@ -68,9 +81,10 @@ class ClipLabels:
   group_emotion: int
   group_category: int
   valence: float
-  arousal: float
+  arousal: float                    # rule 4: over the last ending_frames(T) frames
   situational_emotion: tuple        # sorted class indices
   situation: int
+  whole_clip_arousal: float         # not a label: the mean over all frames, what pooling can read
 
 
 def category_of(valence: float) -> int:
@@ -82,15 +96,29 @@ def category_of(valence: float) -> int:
   return GROUP_CATEGORIES.index("neutral")
 
 
+def ending_frames(num_frames: int) -> int:
+  """How many last frames set the group arousal (rule 4), and how long a crowd's arc lasts (world.py)."""
+  return max(1, round(num_frames * ENDING_FRACTION))
+
+
+def arc_emotions(dominant: int) -> tuple:
+  """Indices in EMOTIONS a crowd showing `dominant` can turn to or from: those on the other side of
+  arousal 0 with a valence within ARC_VALENCE_GAP, so that the turn moves the arousal by 0.6 or more
+  and the valence little (joy <-> trust, anger <-> sadness, none <-> surprise, ...)."""
+  valence, arousal = EMOTION_VALENCE_AROUSAL[EMOTIONS[dominant]]
+  return tuple(i for i, e in enumerate(EMOTIONS) if (EMOTION_VALENCE_AROUSAL[e][1] > 0) != (arousal > 0)
+               and abs(EMOTION_VALENCE_AROUSAL[e][0] - valence) <= ARC_VALENCE_GAP + 1e-9)
+
+
 def situational_emotions(situation: int, group_category: int) -> tuple:
-  """Sorted indices in SITUATIONAL_EMOTIONS (rule 4)."""
+  """Sorted indices in SITUATIONAL_EMOTIONS (rule 5)."""
   names = SITUATION_EMOTIONS[SITUATIONS[situation]] + (CATEGORY_EMOTION[GROUP_CATEGORIES[group_category]],)
   return tuple(sorted(SITUATIONAL_EMOTIONS.index(n) for n in names))
 
 
 def label_clip(expressions: np.ndarray, visible: np.ndarray, situation: int,
                rng: np.random.Generator) -> ClipLabels:
-  """Rules 1-4 for one clip.
+  """Rules 1-5 for one clip.
 
   Args:
     expressions: int [P, T], index in EMOTIONS of the expression drawn on person p in frame t.
@@ -103,17 +131,22 @@ def label_clip(expressions: np.ndarray, visible: np.ndarray, situation: int,
     raise ValueError(f"expressions {expressions.shape} and visible {visible.shape} must both be [P, T]")
   if not visible.any():
     raise ValueError("a clip needs at least one visible person-frame to have a group label")
+  ending = visible.copy()
+  ending[:, :-ending_frames(visible.shape[1])] = False
+  if not ending.any():   # nobody visible at the end (not seen in 300 clips of seed 0): the whole clip
+    ending = visible
   table = np.array([EMOTION_VALENCE_AROUSAL[e] for e in EMOTIONS])        # [9, 2]
   values = table[expressions] + rng.normal(0.0, VA_NOISE_SD, expressions.shape + (2,))
   values = np.round(np.clip(values, -1.0, 1.0), VALUE_DECIMALS)
   values[~visible] = np.nan
   counts = np.bincount(expressions[visible], minlength=len(EMOTIONS))
   group_emotion = int(np.argmax(counts))                                  # first maximum = tie rule
-  valence = round(float(np.mean(values[visible][:, 0])), VALUE_DECIMALS)
-  arousal = round(float(np.mean(values[visible][:, 1])), VALUE_DECIMALS)
+  mean = lambda x: round(float(np.mean(x)), VALUE_DECIMALS)
+  valence = mean(values[visible][:, 0])
   group_category = category_of(valence)
-  return ClipLabels(values[..., 0], values[..., 1], group_emotion, group_category, valence, arousal,
-                    situational_emotions(situation, group_category), int(situation))
+  return ClipLabels(values[..., 0], values[..., 1], group_emotion, group_category, valence,
+                    mean(values[ending][:, 1]), situational_emotions(situation, group_category),
+                    int(situation), mean(values[visible][:, 1]))
 
 
 _NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
@@ -127,74 +160,95 @@ _MOOD = {
     "negative": ("most of them look upset", "their faces look tense and unhappy",
                  "the mood on their faces is gloomy", "they appear distressed"),
 }
-# Phrasings of the "Background:" and "Event:" parts per situation.
+# Paraphrases of the "Background:" and "Event:" parts per situation. None contains a word of a situation's
+# name (NAME_WORDS; tests/test_synthetic_world.py checks), so a model has to read what they describe.
 BACKGROUND_PHRASES = {
     "wedding": ("a bright hall decorated with arches of white and pink flowers and rows of white chairs",
                 "a festive room with floral arches and neatly lined chairs",
-                "an elegant venue with flower garlands and chairs set for guests"),
+                "an elegant venue with flower garlands and chairs set out for guests",
+                "a flower-covered arch at the end of an aisle between white chairs"),
     "protest": ("a city street lined with grey buildings, with raised placards and a red banner",
-                "an urban square full of signs held up on poles in front of office blocks",
-                "buildings along a road where people hold colourful placards"),
+                "an urban square full of signs held up on poles in front of tall grey blocks",
+                "buildings along a road where people hold colourful placards",
+                "a crowded avenue under a long red banner"),
     "concert": ("a dark venue lit by coloured stage beams and spotlights above a crowd",
                 "a stage with bright beams of light cutting through the darkness",
-                "a dim hall with spotlights and the silhouettes of an audience"),
+                "a dim hall with spotlights and the silhouettes of an audience",
+                "a smoky space where coloured lights sweep over raised hands"),
     "funeral": ("a cemetery under an overcast sky with grey headstones, trees and black umbrellas",
                 "a quiet graveyard with stone markers and dark umbrellas",
-                "grey gravestones on green grass beneath a cloudy sky"),
+                "grey gravestones on green grass beneath a cloudy sky",
+                "rows of headstones under bare trees on a grey day"),
     "sports match": ("a stadium with packed colourful stands, floodlights and a green pitch",
                      "crowded stands above a striped grass field with white lines",
-                     "a sports ground with spectators in the stands and bright floodlights"),
-    "classroom": ("a classroom with a green chalkboard, windows and rows of wooden desks",
+                     "a ground with spectators in the stands and bright floodlights",
+                     "tiers of seats full of supporters around a pitch"),
+    "classroom": ("a room with a green chalkboard, windows and rows of wooden desks",
                   "a school room with chalk writing on the board and desks in rows",
-                  "a room with a chalkboard on the wall and student desks"),
+                  "a room with a chalkboard on the wall and small desks",
+                  "a bright room full of desks facing a blackboard"),
     "birthday party": ("a pink room with balloons, colourful bunting and confetti",
-                       "a party room decorated with balloons and paper flags",
-                       "a festive space with bunches of balloons and scattered confetti"),
-    "office meeting": ("an office with a large window over the city, a whiteboard and a long table",
-                       "a meeting room with glass walls, city towers outside and a whiteboard",
-                       "a corporate room with a conference table and a view of high-rise buildings"),
-    "street market": ("an outdoor market with striped awnings over stalls of colourful fruit",
-                      "market stalls under bright awnings, piled with produce",
-                      "a busy street lined with vendors' stands and crates of fruit"),
-    "hospital": ("a pale hospital ward with a curtain, a bed, an IV stand and a red cross sign",
+                       "a room decorated with balloons and paper flags",
+                       "a festive space with bunches of balloons and scattered confetti",
+                       "a table with a cake under strings of paper flags"),
+    "office meeting": ("a room with a large window over the city, a whiteboard and a long table",
+                       "a glass-walled room with city towers outside and a whiteboard",
+                       "a corporate room with a conference table and a view of high-rise buildings",
+                       "a long table with laptops in a room high above the city"),
+    "street market": ("an outdoor row of stalls with striped awnings over colourful fruit",
+                      "stalls under bright awnings, piled with produce",
+                      "a busy street lined with vendors' stands and crates of fruit",
+                      "wooden stands heaped with vegetables under canvas shades"),
+    "hospital": ("a pale ward with a curtain, a bed, an IV stand and a red cross sign",
                  "a clinic room with a patient bed, a drip stand and blue curtains",
-                 "a hospital corridor with medical equipment and a red cross on the wall"),
+                 "a corridor with medical equipment and a red cross on the wall",
+                 "a white room with a bed, monitors and a drip stand"),
 }
 EVENT_PHRASES = {
-    "wedding": ("a wedding ceremony where guests have gathered", "a couple's wedding celebration",
-                "guests attending a marriage ceremony"),
-    "protest": ("a street protest or demonstration", "a public rally where people march for a cause",
-                "demonstrators protesting in the street"),
-    "concert": ("a live music concert", "an audience at a live show with a band on stage",
-                "fans watching a music performance"),
-    "funeral": ("a funeral where mourners pay their respects", "a burial service at a cemetery",
-                "people attending a memorial service"),
-    "sports match": ("spectators at a sports match", "fans watching a game in a stadium",
-                     "a crowd following a football match"),
-    "classroom": ("a lesson in a classroom", "students and a teacher during a class",
-                  "a school lesson in progress"),
-    "birthday party": ("a birthday party", "friends celebrating someone's birthday",
-                       "a birthday celebration with decorations"),
-    "office meeting": ("a business meeting in an office", "colleagues holding a work meeting",
-                       "a team discussion at the office"),
-    "street market": ("people shopping at a street market", "a visit to an outdoor market",
-                      "customers browsing market stalls"),
-    "hospital": ("a visit to a hospital", "people waiting in a hospital ward",
-                 "relatives visiting a patient in hospital"),
+    "wedding": ("guests watching a couple exchange vows", "a bride and groom celebrating with their families",
+                "two people in formal clothes being toasted by their guests",
+                "rings being exchanged in front of relatives"),
+    "protest": ("demonstrators chanting slogans and waving signs", "people marching for a cause",
+                "a rally where a crowd raises placards and shouts",
+                "citizens gathered to voice their anger at a decision"),
+    "concert": ("fans watching a band play live", "an audience listening to a singer on stage",
+                "people dancing while musicians perform", "a live music performance late at night"),
+    "funeral": ("mourners paying their last respects", "a burial service for a loved one",
+                "people in dark clothes saying goodbye to someone who died", "relatives gathered at a grave"),
+    "sports match": ("spectators following a game", "fans cheering for their team",
+                     "supporters watching the players on the field", "a crowd reacting to a goal"),
+    "classroom": ("a lesson in progress", "students listening to their teacher",
+                  "pupils working on an exercise", "a teacher explaining something at the board"),
+    "birthday party": ("friends celebrating someone turning a year older",
+                       "guests singing as candles are blown out on a cake",
+                       "a celebration with presents and a cake",
+                       "people in paper hats cheering for the one whose day it is"),
+    "office meeting": ("colleagues discussing a project", "a team reviewing figures on a whiteboard",
+                       "coworkers listening to a presentation", "a business discussion around a table"),
+    "street market": ("people shopping for fresh produce", "customers browsing the stalls",
+                      "vendors calling out to passers-by", "shoppers haggling over fruit and vegetables"),
+    "hospital": ("relatives visiting a patient", "people waiting for news from a doctor",
+                 "family members at a sick person's bedside",
+                 "visitors in a ward where someone is being treated"),
 }
+NAME_WORDS = frozenset(word for name in SITUATIONS for word in name.split()) - {"street"}
 
 
 def _sentence_case(text: str) -> str:
   return text[:1].upper() + text[1:]
 
 
-def describe_clip(num_people: int, situation: int, group_category: int, rng: np.random.Generator) -> str:
-  """Rule 5: '<scene sentence> Background: <...>. Event: <...>.' as a video-LLM might describe the clip."""
+def describe_clip(num_people: int, described_situation: int, group_category: int,
+                  rng: np.random.Generator) -> str:
+  """Rule 6: '<scene sentence> Background: <...>. Event: <...>.' as a video-LLM might describe the clip.
+
+  `described_situation` is the situation the describer believes it sees (the drawn one, or another in a
+  misleading clip); the mood sentence describes `group_category` with probability 1 - MOOD_NOISE."""
   mood = GROUP_CATEGORIES[group_category]
   if rng.random() < MOOD_NOISE:
     others = [c for c in GROUP_CATEGORIES if c != mood]
     mood = others[rng.integers(len(others))]
-  name = SITUATIONS[situation]
+  name = SITUATIONS[described_situation]
   count = _NUMBERS[num_people] if num_people < len(_NUMBERS) else str(num_people)
   noun = "person" if num_people == 1 else "people"
   scene = (f"{_sentence_case(count)} {noun} {_GATHER[rng.integers(len(_GATHER))]}; "

@@ -7,6 +7,12 @@
   sideways, bobbing, and slowly growing or shrinking (+-10 %); the camera pans across the background;
 - each person shows the clip's dominant expression with probability P_DOMINANT, else a random one, and with
   probability P_CHANGE switches to another expression at a random frame in the middle half of the clip;
+- the crowd's trajectory (`spec.trajectory`, rules.TRAJECTORIES): in a 'rising' or 'falling' clip everyone
+  showing the dominant expression shows an arc expression of contrasting arousal (rules.arc_emotions)
+  during the first or the last third of the clip (rules.ending_frames), together, and does not switch
+  otherwise. The third is chosen so that the arousal rises or falls: a crowd of joy that ends in trust
+  falls, one that starts in trust rises. A rising clip and a falling clip drawn from the same seed show the
+  same expressions in the same numbers, in the opposite order (tests/test_synthetic_world.py);
 - with probability P_PASSER a passer-by (a larger person in front) crosses the frame, hiding the people
   behind; with probability P_PROP an object of the situation (placard, balloon, umbrella, ...) crosses the
   frame at face height;
@@ -42,6 +48,8 @@ class ClipSpec:
   width: int = 640
   height: int = 360
   num_frames: int = 40
+  trajectory: str = "steady"              # one of rules.TRAJECTORIES
+  described_situation: int | None = None  # what the description paraphrases; None = the drawn one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +63,7 @@ class ClipResult:
   boxes: np.ndarray           # float [P, T, 4] face boxes x1, y1, x2, y2 in frame pixels, clipped
   labels: rules.ClipLabels
   description: str
+  arc_emotion: int            # index in EMOTIONS of the crowd's arc expression, -1 in a steady clip
 
 
 @dataclasses.dataclass(eq=False)
@@ -70,17 +79,38 @@ class _Actor:
   expressions: np.ndarray     # int [T] (-1 for a prop)
 
 
-def _timeline(dominant: int, num_frames: int, rng: np.random.Generator) -> np.ndarray:
+def _arc(spec: ClipSpec, rng: np.random.Generator):
+  """(arc expression, frames it covers) of a rising or falling clip, None for a steady one. The arc covers
+  the first third when it leads up to the dominant expression's arousal, else the last third; the draw
+  does not depend on the direction, so a rising and a falling clip of one seed share their arc expression."""
+  if spec.trajectory not in rules.TRAJECTORIES:
+    raise ValueError(f"trajectory must be one of {rules.TRAJECTORIES}, got {spec.trajectory!r}")
+  if spec.trajectory == "steady":
+    return None
+  choices = rules.arc_emotions(spec.dominant_emotion)
+  emotion = choices[int(rng.integers(len(choices)))]
+  arousal = lambda e: rules.EMOTION_VALENCE_AROUSAL[faces.EMOTIONS[e]][1]
+  # A lower start rises to the dominant arousal, a higher one falls; the other way round at the end.
+  arc_first = (arousal(emotion) < arousal(spec.dominant_emotion)) == (spec.trajectory == "rising")
+  n = rules.ending_frames(spec.num_frames)
+  return emotion, slice(0, n) if arc_first else slice(spec.num_frames - n, spec.num_frames)
+
+
+def _timeline(spec: ClipSpec, arc, rng: np.random.Generator) -> np.ndarray:
+  """Expression index per frame [T] of one person; `arc` as `_arc` returns it."""
+  dominant, t = spec.dominant_emotion, spec.num_frames
   first = dominant if rng.random() < P_DOMINANT else int(rng.integers(len(faces.EMOTIONS)))
-  line = np.full(num_frames, first, np.int64)
-  if rng.random() < P_CHANGE:
+  line = np.full(t, first, np.int64)
+  if arc is not None and first == dominant:   # the crowd turns together
+    line[arc[1]] = arc[0]
+  elif rng.random() < P_CHANGE:
     other = int(rng.integers(len(faces.EMOTIONS) - 1))
-    line[int(rng.integers(num_frames // 4, 3 * num_frames // 4 + 1)):] = other + (other >= first)
+    line[int(rng.integers(t // 4, 3 * t // 4 + 1)):] = other + (other >= first)
   return line
 
 
-def _person(appearance, face_height, x0, y0, vx, depth, spec, rng) -> _Actor:
-  expressions = _timeline(spec.dominant_emotion, spec.num_frames, rng)
+def _person(appearance, face_height, x0, y0, vx, depth, spec, arc, rng) -> _Actor:
+  expressions = _timeline(spec, arc, rng)
   body = (spec.height - y0) / (face_height / 2) + 1.0   # torso down past the bottom of the frame
   sprites = {int(e): faces.draw_person(appearance, faces.EMOTIONS[e], face_height * _MAX_SCALE, body)
              for e in np.unique(expressions)}
@@ -88,12 +118,13 @@ def _person(appearance, face_height, x0, y0, vx, depth, spec, rng) -> _Actor:
   return _Actor(sprites, x0, y0, vx, bob, float(rng.uniform(-0.1, 0.1)), depth, expressions)
 
 
-def _plan(spec: ClipSpec, rng: np.random.Generator) -> list:
-  """The actors of a clip, back to front."""
+def _plan(spec: ClipSpec, rng: np.random.Generator) -> tuple:
+  """(the actors of a clip back to front, its arc as `_arc` returns it)."""
   w, h, t = spec.width, spec.height, spec.num_frames
   unit = h / 360.0
   cast_rng = np.random.default_rng([spec.venue_seed, 1])
   cast = [faces.sample_appearance(cast_rng) for _ in range(CAST_SIZE)]
+  arc = _arc(spec, rng)
   n = int(rng.choice(PEOPLE_PER_CLIP, p=PEOPLE_WEIGHTS))
   order = rng.permutation(CAST_SIZE)
   actors = []
@@ -102,14 +133,14 @@ def _plan(spec: ClipSpec, rng: np.random.Generator) -> list:
     x0 = (k + 0.5 + rng.uniform(-0.25, 0.25)) * w / n
     y0 = h * (0.3 + 0.12 * depth + rng.uniform(-0.04, 0.04))
     vx = float(rng.normal(0, 0.6)) * w / 640
-    actors.append(_person(cast[order[k]], (52 + 40 * depth) * unit, x0, y0, vx, depth, spec, rng))
+    actors.append(_person(cast[order[k]], (52 + 40 * depth) * unit, x0, y0, vx, depth, spec, arc, rng))
   if rng.random() < P_PASSER:
     face_height = rng.uniform(95, 105) * unit
     side = 1 if rng.random() < 0.5 else -1
     start = -side * 1.0 * face_height + (w if side < 0 else 0)
     speed = (w + 2.0 * face_height) / t * rng.uniform(0.8, 1.2)
     actors.append(_person(cast[order[n]], face_height, start, h * rng.uniform(0.45, 0.52), side * speed, 1.5,
-                          spec, rng))
+                          spec, arc, rng))
   if rng.random() < P_PROP:
     size = int(rng.uniform(70, 110) * unit)
     rgba = scenes.draw_prop(spec.situation, size, rng)
@@ -120,7 +151,7 @@ def _plan(spec: ClipSpec, rng: np.random.Generator) -> list:
     speed = (w + 2 * size) / t * rng.uniform(0.7, 1.1)
     actors.append(_Actor({-1: sprite}, start, target.y0 + rng.uniform(-0.3, 0.3) * size, side * speed,
                          (0.0, 0.0, 0.0), 0.0, 2.0, np.full(t, -1)))
-  return sorted(actors, key=lambda a: a.depth)
+  return sorted(actors, key=lambda a: a.depth), arc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +227,7 @@ def make_clip(spec: ClipSpec) -> ClipResult:
     raise ValueError(f"width and height must be even for H.264 (got {spec.width}x{spec.height})")
   plan_ss, light_ss, label_ss, text_ss = np.random.SeedSequence(spec.seed).spawn(4)
   rng = np.random.default_rng(plan_ss)
-  actors = _plan(spec, rng)
+  actors, arc = _plan(spec, rng)
   margin = spec.width // 10
   background = scenes.draw_background(spec.situation, spec.width + margin, spec.height, spec.venue_seed,
                                       np.random.default_rng(light_ss))
@@ -206,6 +237,8 @@ def make_clip(spec: ClipSpec) -> ClipResult:
   expressions = np.stack([a.expressions for a in people])
   visible = fraction >= VISIBLE_FRACTION
   labels = rules.label_clip(expressions, visible, spec.situation, np.random.default_rng(label_ss))
-  description = rules.describe_clip(len(people), spec.situation, labels.group_category,
+  described = spec.situation if spec.described_situation is None else spec.described_situation
+  description = rules.describe_clip(len(people), described, labels.group_category,
                                     np.random.default_rng(text_ss))
-  return ClipResult(spec, frames, expressions, visible, fraction, boxes, labels, description)
+  return ClipResult(spec, frames, expressions, visible, fraction, boxes, labels, description,
+                    -1 if arc is None else arc[0])
