@@ -42,6 +42,17 @@ def test_learns_planted_signal_and_beats_majority_baselines(planted_dir, tmp_pat
   assert list(report.glob("*.png")), "no plots written"
 
 
+def test_autocorrelation_variant_keeps_what_is_constant_over_the_clip(planted_dir, tmp_path):
+  """The planted situation lives only in the description, the same in every token of a clip.
+  Autoformer's layer drops that constant (the trend) from its output; GEMS adds the block as a
+  residual so the heads still see it (without it the situation fell to chance)."""
+  config = small_config(planted_dir, **{"train.num_epochs": 6, "train.patience": 100,
+                                        "optim.learning_rate": 3e-3})
+  config.model.fusion.autocorrelation = True
+  test = train.train_and_evaluate(config, str(tmp_path))["test"]["situation"]
+  assert test["model"]["accuracy"] > test["baselines"]["majority"]["accuracy"] + 0.15, test
+
+
 def _one_step(config, mesh, batch):
   spec = input_pipeline.load_spec(config.input.data_dir)
   trainer = train.Trainer(config, spec, mesh, steps_per_epoch=4)

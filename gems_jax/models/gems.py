@@ -203,7 +203,10 @@ class GEMS(nn.Module):
     h = h + sinusoidal_positions(n, fu.d_model)[None]
     mask = step_mask if fu.use_mask else None
     if fu.autocorrelation:
-      h = self.autoformer(h, mask, train=train)
+      # Autoformer's layer keeps only the seasonal part of its output: the trend it drops holds
+      # whatever is constant over the clip (the description's part of every token). Without this
+      # residual the heads lose the description (situation accuracy fell to chance, BENCHMARKS.md).
+      h = h + self.autoformer(h, mask, train=train)
     for block in self.blocks:
       h = h + block(h, mask, train=train)
 
