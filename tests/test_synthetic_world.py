@@ -51,7 +51,7 @@ def synthetic_dir(tmp_path_factory):
 def test_files_follow_the_data_contract(synthetic_dir):
   header, annotations = _read_csv(synthetic_dir / "annotations.csv")
   assert header == ["clip_id", "split", "group_emotion", "group_category", "valence", "arousal",
-                    "situational_emotion", "situation"]
+                    "situational_emotion", "situation", "audio_category", "audio_agrees", "audio_led"]
   assert len(annotations) == NUM_CLIPS
   labels = json.loads((synthetic_dir / "labels.json").read_text())
   assert labels["emotion"] == ["fear", "anger", "joy", "sadness", "disgust", "surprise", "trust",
@@ -215,31 +215,37 @@ def test_splits_are_by_source_and_balanced():
 
 
 def _fingerprint(out):
+  """(bytes of the text files, sha256 of the decoded frames per clip, sha256 of the mp4 bytes per clip)."""
   files = {name: (out / name).read_bytes() for name in
            ("annotations.csv", "individual.csv", "descriptions.jsonl", "labels.json", "planted.csv")}
-  frames = {p.name: hashlib.sha256(_decode(p).tobytes()).hexdigest()
-            for p in sorted((out / "videos").iterdir())}
-  return files, frames
+  videos = sorted((out / "videos").iterdir())
+  frames = {p.name: hashlib.sha256(_decode(p).tobytes()).hexdigest() for p in videos}
+  return files, frames, {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in videos}
 
 
 def test_same_seed_same_dataset_other_seed_different(tmp_path):
+  """Same seed, same files and same mp4 bytes (video and AAC sound), with 1 or 2 workers."""
   video = dataset.VideoFormat(width=320, height=180, frames_per_clip=6)
-  dataset.generate(tmp_path / "a", 3, seed=7, video=video, workers=1)
-  dataset.generate(tmp_path / "b", 3, seed=7, video=video, workers=2)
-  dataset.generate(tmp_path / "c", 3, seed=8, video=video, workers=1)
+  sound = dataset.AudioFormat(agreement=2 / 3, led_fraction=1 / 3)
+  dataset.generate(tmp_path / "a", 3, seed=7, video=video, workers=1, sound=sound)
+  dataset.generate(tmp_path / "b", 3, seed=7, video=video, workers=2, sound=sound)
+  dataset.generate(tmp_path / "c", 3, seed=8, video=video, workers=1, sound=sound)
   a, b, c = (_fingerprint(tmp_path / n) for n in "abc")
   assert a == b
   assert a[0]["annotations.csv"] != c[0]["annotations.csv"]
   assert a[0]["individual.csv"] != c[0]["individual.csv"]
   assert set(a[1].values()).isdisjoint(c[1].values())
+  with av.open(str(next((tmp_path / "a" / "videos").iterdir()))) as container:
+    assert [s.type for s in container.streams] == ["video", "audio"]
 
 
 # Run by test_mp4_bytes_do_not_depend_on_leftover_memory in a fresh interpreter: the first byte of a new
-# malloc block (to check that MALLOC_PERTURB_ works here), then the sha256 of write_mp4's bytes per clip.
+# malloc block (to check that MALLOC_PERTURB_ works here), then per clip the sha256 of write_mp4's bytes and
+# of the same file after add_audio_track (clip<i>.npy holds the frames, clip<i>.sound.npy the sound).
 _ENCODE_CLIPS = """
 import ctypes, hashlib, pathlib, sys
 import numpy as np
-from preprocessing.synthetic import dataset
+from preprocessing.synthetic import audio, dataset
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 block = libc.malloc(100000)
@@ -248,6 +254,8 @@ libc.free(ctypes.c_void_p(block))
 for clip in sys.argv[1:]:
   mp4 = pathlib.Path(clip).with_suffix(".mp4")
   dataset.write_mp4(mp4, np.load(clip), 10)
+  print(hashlib.sha256(mp4.read_bytes()).hexdigest())
+  audio.add_audio_track(mp4, np.load(pathlib.Path(clip).with_suffix(".sound.npy")))
   print(hashlib.sha256(mp4.read_bytes()).hexdigest())
 """
 
@@ -258,14 +266,16 @@ def test_mp4_bytes_do_not_depend_on_leftover_memory(tmp_path):
   other bytes for another N, every time (no timing involved). This is how x264's AVX-512 macroblock-tree
   over-read (see dataset.x264_options) showed: without the fix, the first clip below changes for N = 85
   and 170. The clips are those of the seed-7 set below (320 px wide, mbtree off) and one at the default
-  640 px (mbtree on)."""
+  640 px (mbtree on); the AAC track that add_audio_track then adds is checked the same way."""
   video = dataset.VideoFormat(width=320, height=180, frames_per_clip=6)
   specs = [spec for spec, _ in dataset.plan_dataset(3, 7, video)]
   specs += [spec for spec, _ in dataset.plan_dataset(1, 7, dataset.VideoFormat(frames_per_clip=6))]
   clips = []
   for i, spec in enumerate(specs):
     clips.append(str(tmp_path / f"clip{i}.npy"))
-    np.save(clips[-1], world.make_clip(spec).frames)
+    result = world.make_clip(spec)
+    np.save(clips[-1], result.frames)
+    np.save(tmp_path / f"clip{i}.sound.npy", result.sound)
   root = str(pathlib.Path(__file__).resolve().parents[1])
   hashes = {}
   for perturb in (None, 85, 170):
@@ -280,7 +290,7 @@ def test_mp4_bytes_do_not_depend_on_leftover_memory(tmp_path):
     if perturb is not None and int(lines[0]) != perturb ^ 255:
       pytest.skip("MALLOC_PERTURB_ has no effect here (not glibc malloc)")
     hashes[perturb] = lines[1:]
-  assert len(hashes[None]) == len(specs)
+  assert len(hashes[None]) == 2 * len(specs)
   assert hashes[85] == hashes[None] and hashes[170] == hashes[None]
 
 

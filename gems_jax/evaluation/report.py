@@ -218,7 +218,7 @@ def _git(*args) -> str | None:
     proc = subprocess.run(['git', *args], cwd=_REPO, capture_output=True, text=True, timeout=30)
   except (OSError, subprocess.TimeoutExpired):
     return None
-  return proc.stdout.strip() if proc.returncode == 0 else None
+  return proc.stdout.rstrip() if proc.returncode == 0 else None
 
 
 def _cpu_model() -> str:

@@ -2,5 +2,5 @@
 learnable label rules (docs/synthetic_world.md). Entry point: `python -m preprocessing.make_synthetic`.
 
 Modules: faces (expressive people), scenes (backgrounds and props), rules (labels and descriptions),
-world (one clip), dataset (sources, splits, files). numpy, PIL and PyAV only; no torch.
+audio (the sound), world (one clip), dataset (sources, splits, files). numpy, PIL and PyAV only; no torch.
 """

@@ -1,9 +1,11 @@
 """A whole synthetic VGAF-GEMS set: sources, splits, balanced labels, and the files of the data contract.
 
 `generate(out_dir, num_clips, seed, ...)` writes
-  <out>/videos/<clip_id>.mp4   H.264 (PyAV), `fps` frames per second, `frames_per_clip` frames
+  <out>/videos/<clip_id>.mp4   H.264 (PyAV), `fps` frames per second, `frames_per_clip` frames, and an AAC
+                               mono 16 kHz track as long as the video (none with `sound=None`)
   <out>/annotations.csv        clip_id,split,group_emotion,group_category,valence,arousal,
-                               situational_emotion,situation
+                               situational_emotion,situation[,audio_category,audio_agrees,audio_led]
+                               (the last three with sound; the dataset builder ignores them)
   <out>/labels.json            class names and value ranges
   <out>/individual.csv         clip_id,frame,x1,y1,x2,y2,emotion,valence,arousal (visible person-frames only)
   <out>/descriptions.jsonl     {"clip_id": ..., "description": ...}
@@ -14,8 +16,12 @@ one situation and one venue; the situation is balanced over sources (every situa
 repeats), and the clip's dominant expression and its trajectory (rules.TRAJECTORIES) are balanced over clips
 the same way, independently of the situation and of each other. A random mislead_fraction of the clips
 (rounded to whole clips) get a description of another situation. Splits are drawn per source (no source in
-two splits), about 70/15/15 % of sources, spread over the situations. Everything is a function of `seed`:
-clip i uses the seed (seed, i), so the files are the same for any number of worker processes.
+two splits), about 70/15/15 % of sources, spread over the situations. With sound (`AudioFormat`), exactly
+num_clips - round(agreement * num_clips) clips plant another category's event than their group category
+(the two others in turn), and round(led_fraction * num_clips) clips are audio-led (world.py; their sound
+categories balanced; they agree); both sets are drawn from the seed (seed, 4). Everything is a function of
+`seed`: clip i uses the seeds (seed, 2, i) for its picture and (seed, 3, i) for its sound, so the files are
+the same for any number of worker processes.
 """
 import csv
 import dataclasses
@@ -27,11 +33,12 @@ import pathlib
 import av
 import numpy as np
 
-from preprocessing.synthetic import faces, rules, scenes, world
+from preprocessing.synthetic import audio, faces, rules, scenes, world
 
 ANNOTATION_COLUMNS = ("clip_id", "split", "group_emotion", "group_category", "valence", "arousal",
                       "situational_emotion", "situation")
 INDIVIDUAL_COLUMNS = ("clip_id", "frame", "x1", "y1", "x2", "y2", "emotion", "valence", "arousal")
+AUDIO_COLUMNS = ("audio_category", "audio_agrees", "audio_led")   # annotations.csv, with sound
 PLANTED_COLUMNS = ("clip_id", "trajectory", "arc_emotion", "whole_clip_arousal", "described_situation")
 SPLITS = ("train", "val", "test")
 EVAL_FRACTION = 0.15          # of sources, for each of val and test
@@ -48,10 +55,40 @@ class VideoFormat:
   crf: int = 20
 
 
+@dataclasses.dataclass(frozen=True)
+class AudioFormat:
+  """The clips' sound: the fraction of clips whose sound plants their group category (the others plant
+  another category's), and the fraction of audio-led clips (faces all 'none'; they always agree)."""
+  agreement: float = 1.0
+  led_fraction: float = 0.0
+
+
+def plan_audio(num_clips: int, seed: int, sound: AudioFormat) -> list:
+  """(audio_offset, audio_led category or None) per clip, as world.ClipSpec takes them: exactly
+  num_clips - round(agreement * num_clips) clips with offset 1 or 2 (balanced), round(led_fraction *
+  num_clips) other clips audio-led with balanced categories, the rest (0, None)."""
+  for name in ("agreement", "led_fraction"):
+    if not 0.0 <= getattr(sound, name) <= 1.0:
+      raise ValueError(f"audio {name} must be in [0, 1], got {getattr(sound, name)}")
+  disagree = num_clips - round(sound.agreement * num_clips)
+  led = round(sound.led_fraction * num_clips)
+  if disagree + led > num_clips:
+    raise ValueError(f"{disagree} disagreeing and {led} audio-led clips (they agree) exceed "
+                     f"{num_clips} clips: lower the audio-led fraction or raise the agreement")
+  rng = np.random.default_rng([seed, 4])
+  order = rng.permutation(num_clips)
+  plan = [(0, None)] * num_clips
+  for clip, category in zip(order[:led], _balanced(led, len(rules.GROUP_CATEGORIES), rng)):
+    plan[clip] = (0, int(category))
+  for clip, offset in zip(order[led:led + disagree], _balanced(disagree, 2, rng) + 1):
+    plan[clip] = (int(offset), None)
+  return plan
+
+
 def _balanced(n: int, classes: int, rng: np.random.Generator) -> np.ndarray:
   """n labels in [0, classes): concatenated random permutations, so counts differ by at most one."""
   reps = -(-n // classes)
-  return np.concatenate([rng.permutation(classes) for _ in range(reps)])[:n]
+  return np.concatenate([np.zeros(0, np.int64)] + [rng.permutation(classes) for _ in range(reps)])[:n]
 
 
 def assign_splits(source_situations: np.ndarray, rng: np.random.Generator) -> list:
@@ -73,8 +110,11 @@ def assign_splits(source_situations: np.ndarray, rng: np.random.Generator) -> li
 
 
 def plan_dataset(num_clips: int, seed: int, video: VideoFormat,
-                 mislead_fraction: float = rules.MISLEAD_FRACTION):
-  """(ClipSpec, split) per clip, in clip order."""
+                 mislead_fraction: float = rules.MISLEAD_FRACTION,
+                 sound: AudioFormat | None = AudioFormat()):
+  """(ClipSpec, split) per clip, in clip order; silent clips with `sound=None`. An audio-led clip is
+  planned as a steady one showing 'none' (its dominant expression and trajectory, drawn balanced over
+  all clips, are replaced), so with no audio-led clip the pictures are those of a silent world."""
   if num_clips < 1:
     raise ValueError(f"num_clips must be >= 1, got {num_clips}")
   rng = np.random.default_rng([seed, 0])
@@ -88,15 +128,21 @@ def plan_dataset(num_clips: int, seed: int, video: VideoFormat,
   trajectories = _balanced(num_clips, len(rules.TRAJECTORIES), rng)
   misleading = set(rng.permutation(num_clips)[:round(mislead_fraction * num_clips)].tolist())
   wrong = rng.integers(1, len(scenes.SITUATIONS), num_clips)   # described = (drawn + wrong) mod 10
+  sounds = [(0, None)] * num_clips if sound is None else plan_audio(num_clips, seed, sound)
   plan, index = [], 0
   for src, size in enumerate(sizes):
     venue = int(np.random.SeedSequence([seed, 1, src]).generate_state(1)[0])
     for clip in range(size):
       described = (int(situations[src] + wrong[index]) % len(scenes.SITUATIONS) if index in misleading
                    else None)
+      offset, led = sounds[index]
       spec = world.ClipSpec(f"{src + 1}_{clip + 1}", int(situations[src]), int(dominant[index]), venue,
                             (seed, 2, index), video.width, video.height, video.frames_per_clip,
-                            rules.TRAJECTORIES[trajectories[index]], described)
+                            rules.TRAJECTORIES[trajectories[index]], described, video.fps,
+                            None if sound is None else (seed, 3, index), offset, led)
+      if led is not None:
+        spec = dataclasses.replace(spec, dominant_emotion=faces.EMOTIONS.index("none"),
+                                   trajectory="steady")
       plan.append((spec, splits[src]))
       index += 1
   return plan
@@ -159,6 +205,9 @@ def _clip_rows(result: world.ClipResult, split: str):
   lab, spec = result.labels, result.spec
   annotation = [spec.clip_id, split, lab.group_emotion, lab.group_category, f"{lab.valence:.4f}",
                 f"{lab.arousal:.4f}", ";".join(str(i) for i in lab.situational_emotion), lab.situation]
+  if result.sound is not None:
+    annotation += [result.sound_category, int(result.sound_category == lab.group_category),
+                   int(spec.audio_led is not None)]
   individual = []
   for t in range(spec.num_frames):
     for p in np.flatnonzero(result.visible[:, t]):
@@ -175,7 +224,10 @@ def _clip_rows(result: world.ClipResult, split: str):
 def _make_and_write(job):
   spec, split, video_dir, video = job
   result = world.make_clip(spec)
-  write_mp4(pathlib.Path(video_dir) / f"{spec.clip_id}.mp4", result.frames, video.fps, video.crf)
+  path = pathlib.Path(video_dir) / f"{spec.clip_id}.mp4"
+  write_mp4(path, result.frames, video.fps, video.crf)
+  if result.sound is not None:
+    audio.add_audio_track(path, result.sound)
   return _clip_rows(result, split)
 
 
@@ -187,12 +239,14 @@ def labels_metadata() -> dict:
 
 
 def generate(out_dir, num_clips: int, seed: int, video: VideoFormat = VideoFormat(),
-             workers: int | None = None, mislead_fraction: float = rules.MISLEAD_FRACTION) -> dict:
-  """Writes the synthetic set to `out_dir` (see the module docstring); returns a summary dict."""
+             workers: int | None = None, mislead_fraction: float = rules.MISLEAD_FRACTION,
+             sound: AudioFormat | None = AudioFormat()) -> dict:
+  """Writes the synthetic set to `out_dir` (see the module docstring; a silent one with `sound=None`);
+  returns a summary dict."""
   out = pathlib.Path(out_dir)
   video_dir = out / "videos"
   video_dir.mkdir(parents=True, exist_ok=True)
-  plan = plan_dataset(num_clips, seed, video, mislead_fraction)
+  plan = plan_dataset(num_clips, seed, video, mislead_fraction, sound)
   jobs = [(spec, split, str(video_dir), video) for spec, split in plan]
   workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
   # Always in fresh 'spawn' processes, even for one worker: libx264's output depended on what else the
@@ -202,7 +256,7 @@ def generate(out_dir, num_clips: int, seed: int, video: VideoFormat = VideoForma
     rows = pool.map(_make_and_write, jobs, chunksize=1)
   with open(out / "annotations.csv", "w", newline="") as f:
     writer = csv.writer(f, lineterminator="\n")
-    writer.writerow(ANNOTATION_COLUMNS)
+    writer.writerow(ANNOTATION_COLUMNS + (() if sound is None else AUDIO_COLUMNS))
     writer.writerows(r[0] for r in rows)
   with open(out / "individual.csv", "w", newline="") as f:
     writer = csv.writer(f, lineterminator="\n")
@@ -219,7 +273,7 @@ def generate(out_dir, num_clips: int, seed: int, video: VideoFormat = VideoForma
   with open(out / "labels.json", "w") as f:
     json.dump(labels_metadata(), f, indent=1)
     f.write("\n")
-  return {
+  summary = {
       "clips": len(rows),
       "sources": len({spec.clip_id.rsplit("_", 1)[0] for spec, _ in plan}),
       "splits": {s: sum(split == s for _, split in plan) for s in SPLITS},
@@ -230,3 +284,9 @@ def generate(out_dir, num_clips: int, seed: int, video: VideoFormat = VideoForma
       "misleading_descriptions": sum(r[3][4] != r[0][7] for r in rows),
       "individual_rows": sum(len(r[1]) for r in rows),
   }
+  if sound is not None:
+    summary["audio_category"] = np.bincount([r[0][8] for r in rows],
+                                            minlength=len(rules.GROUP_CATEGORIES)).tolist()
+    summary["audio_disagreeing"] = sum(not r[0][9] for r in rows)
+    summary["audio_led"] = sum(r[0][10] for r in rows)
+  return summary

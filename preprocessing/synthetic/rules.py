@@ -24,7 +24,13 @@ written files.
    situation's name) and states the number of people and their mood by the group category; with
    probability MOOD_NOISE the mood sentence describes one of the other two categories instead. The
    situation it describes is the drawn one, except in a planned MISLEAD_FRACTION of clips
-   (dataset.plan_dataset), where it describes another (a video-LLM is not always right).
+   (dataset.plan_dataset), where it describes another (a video-LLM is not always right). The mood
+   sentence describes what the faces show (`ClipLabels.face_category`), which is the group category
+   except in audio-led clips.
+7. Audio-led clips (world.py): every face shows 'none' for the whole clip and the sound plants the
+   group category (audio.py). Rule 1 holds as above (individual labels of neutral faces); the group
+   category is the sound's, and the group emotion, valence and arousal are those of the crowd's voice,
+   SOUND_EMOTION[category]'s entry in EMOTION_VALENCE_AROUSAL (no noise); rule 5 follows the category.
 """
 import dataclasses
 
@@ -71,6 +77,8 @@ SITUATION_EMOTIONS = {
 }
 # The situational emotion added by the group category.
 CATEGORY_EMOTION = {"positive": "pride", "neutral": "calm", "negative": "anxiety"}
+# Rule 7: the emotion a crowd's voice shows in an audio-led clip (laughter, no event, booing).
+SOUND_EMOTION = {"positive": "joy", "neutral": "none", "negative": "anger"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +93,7 @@ class ClipLabels:
   situational_emotion: tuple        # sorted class indices
   situation: int
   whole_clip_arousal: float         # not a label: the mean over all frames, what pooling can read
+  face_category: int                # not a label: rule 3's category of the faces alone (rule 6's mood)
 
 
 def category_of(valence: float) -> int:
@@ -117,18 +126,22 @@ def situational_emotions(situation: int, group_category: int) -> tuple:
 
 
 def label_clip(expressions: np.ndarray, visible: np.ndarray, situation: int,
-               rng: np.random.Generator) -> ClipLabels:
-  """Rules 1-5 for one clip.
+               rng: np.random.Generator, sound_category: int | None = None) -> ClipLabels:
+  """Rules 1-5 for one clip, and rule 7 for an audio-led one.
 
   Args:
     expressions: int [P, T], index in EMOTIONS of the expression drawn on person p in frame t.
     visible: bool [P, T], the face of person p is visible in frame t (see world.VISIBLE_FRACTION).
     situation: index in SITUATIONS of the scene.
     rng: draws the per person-frame valence/arousal noise ([P, T, 2] normals, always all of them).
+    sound_category: index in GROUP_CATEGORIES of an audio-led clip's sound, None for other clips. An
+      audio-led clip's faces must all show 'none'.
   """
   expressions, visible = np.asarray(expressions), np.asarray(visible, bool)
   if expressions.shape != visible.shape or expressions.ndim != 2:
     raise ValueError(f"expressions {expressions.shape} and visible {visible.shape} must both be [P, T]")
+  if sound_category is not None and np.any(expressions != EMOTIONS.index("none")):
+    raise ValueError("an audio-led clip's faces must all show 'none' (rule 7)")
   if not visible.any():
     raise ValueError("a clip needs at least one visible person-frame to have a group label")
   ending = visible.copy()
@@ -143,10 +156,15 @@ def label_clip(expressions: np.ndarray, visible: np.ndarray, situation: int,
   group_emotion = int(np.argmax(counts))                                  # first maximum = tie rule
   mean = lambda x: round(float(np.mean(x)), VALUE_DECIMALS)
   valence = mean(values[visible][:, 0])
-  group_category = category_of(valence)
-  return ClipLabels(values[..., 0], values[..., 1], group_emotion, group_category, valence,
-                    mean(values[ending][:, 1]), situational_emotions(situation, group_category),
-                    int(situation), mean(values[visible][:, 1]))
+  face_category = group_category = category_of(valence)
+  arousal = mean(values[ending][:, 1])
+  if sound_category is not None:   # rule 7
+    group_category = int(sound_category)
+    group_emotion = EMOTIONS.index(SOUND_EMOTION[GROUP_CATEGORIES[group_category]])
+    valence, arousal = EMOTION_VALENCE_AROUSAL[EMOTIONS[group_emotion]]
+  return ClipLabels(values[..., 0], values[..., 1], group_emotion, group_category, valence, arousal,
+                    situational_emotions(situation, group_category), int(situation),
+                    mean(values[visible][:, 1]), face_category)
 
 
 _NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")

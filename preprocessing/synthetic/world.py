@@ -17,14 +17,19 @@
   behind; with probability P_PROP an object of the situation (placard, balloon, umbrella, ...) crosses the
   frame at face height;
 - a person-frame is visible when at least VISIBLE_FRACTION of the face's skin pixels are in the frame and
-  not covered; only visible person-frames get individual labels and count for the group labels.
+  not covered; only visible person-frames get individual labels and count for the group labels;
+- the sound (`spec.audio_seed`; None = a silent clip) is `audio.synthesize`'s, as long as the frames
+  (num_frames / fps s), with the event of the clip's group category, or of another category
+  (`spec.audio_offset`) in a clip whose sound disagrees with its faces;
+- in an audio-led clip (`spec.audio_led`, a category) everyone, the passer-by included, shows 'none' in
+  every frame, and the sound plants the category, which is the clip's (rules.label_clip, rule 7).
 """
 import dataclasses
 
 import numpy as np
 from PIL import Image
 
-from preprocessing.synthetic import faces, rules, scenes
+from preprocessing.synthetic import audio, faces, rules, scenes
 
 VISIBLE_FRACTION = 0.7
 P_DOMINANT = 0.6
@@ -50,6 +55,10 @@ class ClipSpec:
   num_frames: int = 40
   trajectory: str = "steady"              # one of rules.TRAJECTORIES
   described_situation: int | None = None  # what the description paraphrases; None = the drawn one
+  fps: int = 10                           # frames per second: the sound lasts num_frames / fps s
+  audio_seed: tuple | None = None         # entropy of the sound, e.g. (dataset seed, 3, clip); None = silent
+  audio_offset: int = 0                   # the sound plants category (group category + offset) mod 3
+  audio_led: int | None = None            # audio-led: faces all 'none', this category only the sound tells
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +73,8 @@ class ClipResult:
   labels: rules.ClipLabels
   description: str
   arc_emotion: int            # index in EMOTIONS of the crowd's arc expression, -1 in a steady clip
+  sound: np.ndarray | None    # int16 [round(T / fps * audio.SAMPLE_RATE)], None in a silent clip
+  sound_category: int         # index in GROUP_CATEGORIES of the event planted in the sound, -1 if silent
 
 
 @dataclasses.dataclass(eq=False)
@@ -99,6 +110,8 @@ def _arc(spec: ClipSpec, rng: np.random.Generator):
 def _timeline(spec: ClipSpec, arc, rng: np.random.Generator) -> np.ndarray:
   """Expression index per frame [T] of one person; `arc` as `_arc` returns it."""
   dominant, t = spec.dominant_emotion, spec.num_frames
+  if spec.audio_led is not None:
+    return np.full(t, faces.EMOTIONS.index("none"), np.int64)
   first = dominant if rng.random() < P_DOMINANT else int(rng.integers(len(faces.EMOTIONS)))
   line = np.full(t, first, np.int64)
   if arc is not None and first == dominant:   # the crowd turns together
@@ -225,6 +238,9 @@ def make_clip(spec: ClipSpec) -> ClipResult:
   """Plans, renders and labels the clip `spec` (deterministic in spec)."""
   if spec.width % 2 or spec.height % 2:
     raise ValueError(f"width and height must be even for H.264 (got {spec.width}x{spec.height})")
+  agrees = spec.audio_offset % len(rules.GROUP_CATEGORIES) == 0
+  if spec.audio_led is not None and (spec.audio_seed is None or not agrees or spec.trajectory != "steady"):
+    raise ValueError(f"an audio-led clip needs a sound that agrees and a steady trajectory: {spec}")
   plan_ss, light_ss, label_ss, text_ss = np.random.SeedSequence(spec.seed).spawn(4)
   rng = np.random.default_rng(plan_ss)
   actors, arc = _plan(spec, rng)
@@ -236,9 +252,14 @@ def make_clip(spec: ClipSpec) -> ClipResult:
   frames, fraction, boxes, people = _render(spec, actors, background, pan)
   expressions = np.stack([a.expressions for a in people])
   visible = fraction >= VISIBLE_FRACTION
-  labels = rules.label_clip(expressions, visible, spec.situation, np.random.default_rng(label_ss))
+  labels = rules.label_clip(expressions, visible, spec.situation, np.random.default_rng(label_ss),
+                            spec.audio_led)
   described = spec.situation if spec.described_situation is None else spec.described_situation
-  description = rules.describe_clip(len(people), described, labels.group_category,
+  description = rules.describe_clip(len(people), described, labels.face_category,
                                     np.random.default_rng(text_ss))
+  sound, sound_category = None, -1
+  if spec.audio_seed is not None:
+    sound_category = (labels.group_category + spec.audio_offset) % len(rules.GROUP_CATEGORIES)
+    sound = audio.synthesize(spec.audio_seed, sound_category, spec.num_frames / spec.fps)
   return ClipResult(spec, frames, expressions, visible, fraction, boxes, labels, description,
-                    -1 if arc is None else arc[0])
+                    -1 if arc is None else arc[0], sound, sound_category)
