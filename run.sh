@@ -6,7 +6,7 @@
 #   ./run.sh test [ARGS]     the whole pytest suite (sets up first if needed); ARGS go to pytest
 #   ./run.sh demo [ARGS]     synthetic data -> preprocessing -> training -> evaluation -> report
 #   ./run.sh bench NAME      benchmarks (python -m benchmarks.NAME): swin | vit | attention | train |
-#                            preprocess | paper | fer | ablation  (extra ARGS go to the program)
+#                            av_train | preprocess | paper | fer | ablation | beam  (extra ARGS go to the program)
 #   ./run.sh python ARGS     run the venv's python (e.g. ./run.sh python -m gems_jax.main --help)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -48,7 +48,7 @@ case "$cmd" in
     exec "$PY" -m gems_jax.demo "$@" ;;
   bench)
     setup
-    name=${1:?usage: ./run.sh bench swin|vit|attention|train|preprocess|paper|fer|ablation [ARGS]}
+    name=${1:?usage: ./run.sh bench swin|vit|attention|train|av_train|preprocess|paper|fer|ablation|beam [ARGS]}
     shift
     exec "$PY" -m "benchmarks.$name" "$@" ;;
   python)

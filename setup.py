@@ -24,5 +24,18 @@ setup(
             "transformers==5.23.0", "timm==1.0.31", "safetensors", "av==18.1.0",
         ],
         "dev": ["pytest==9.2.0", "scikit-learn"],
+        # `preprocessing.build --runner direct|dataflow|flink|spark` needs apache-beam==2.77.0,
+        # which cannot be an extra here: it declares pillow<13, protobuf<7 and pyarrow<26, and a
+        # resolver would refuse (pillow==13.0.0 above) or downgrade them. It runs with ours
+        # (tests/test_build_beam.py), so it is installed without its declared dependencies:
+        #   pip install -e '.[beam]' && pip install --no-deps apache-beam==2.77.0
+        # (./run.sh setup does both). This extra is the rest of Beam's dependencies.
+        "beam": [
+            "cryptography>=39,<51", "fastavro>=0.23.6,<2", "fasteners>=0.3,<1",
+            "grpcio>=1.71,<2", "httplib2>=0.8,<1", "jsonpickle>=3.0.4,<5", "objsize>=0.6.1,<0.8",
+            "pymongo>=3.8,<5", "proto-plus>=1.7.1,<2", "pytz>=2018.3", "sortedcontainers>=2.4",
+            "zstandard>=0.18,<1", "beartype>=0.21,<0.23", "requests>=2.32.4,<3",
+            "pyyaml>=3.12,<7", "python-dateutil>=2.8", "packaging>=22", "typing-extensions>=3.7",
+        ],
     },
 )

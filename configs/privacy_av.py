@@ -64,6 +64,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ve.mean = (0.5, 0.5, 0.5)  # [timm] CLIP normalisation; later work of the authors uses ImageNet's.
   ve.std = (0.5, 0.5, 0.5)
   ve.dtype = "float32"
+  # > 0: the ViT runs its frames in rematerialised chunks of this many (gems_jax.models.vit): a
+  # fine-tuning step holds one chunk's activations (~0.9 GiB a frame at ViT-L/14) instead of all
+  # b x T_v frames', for ~1/3 more compute (benchmarks/av_train.py). 0: off. [ours]
+  ve.remat_chunk = 0
 
   au = config.model.audio = ml_collections.ConfigDict()
   au.log_mel = log_mel.default_config()  # [ours] parameters never published (log_mel docstring).

@@ -20,6 +20,7 @@ Modules, in the order data flows through them:
   workers.py          killable worker processes: a clip that hangs or crashes costs only itself
   pipeline.py         the build stages (text, media in worker processes, validate + write)
   build.py            the dataset CLI
+  beam_build.py, beam_transforms.py  the same build as Apache Beam jobs (build.py --runner ...)
   random_text_encoder.py  a random RoBERTa + on-the-fly tokenizer for offline tests and benchmarks
   make_synthetic.py, synthetic/  the synthetic VGAF-GEMS-format data generator (raw inputs above)
 The dataset schema, the per-clip npz codec (caches, extract output) and the writer are

@@ -7,12 +7,18 @@ From raw clips (decode, MTCNN faces, crops, tracks, whole frames, audio, text em
         [--whole_frames 0 --whole_frame_size 224 --whole_frame_resize squash]
         [--audio | --noaudio] [--audio_max_seconds 10]
         [--text_encoder PATH_OR_ID --text_pooling mean|cls --text_max_length 128]
+        [--individual_labels none|fer_mini_xception|fer_big_xception [--fer_mapping neutral=none]]
 In privacy mode (kind 'privacy': whole frames, audio, text and clip labels; the face detector
 never runs, and nothing per person is stored):
     python -m preprocessing.build --privacy --videos DIR --annotations FILE --data_dir OUT \
         [--whole_frames 5 --noaudio ...]
 From the authors' precomputed features (<root>/<split>/face_features, text_latent{1,2,3}):
     python -m preprocessing.build --from_features ROOT --data_dir OUT [--num_frames 96]
+
+--individual_labels runs a pretrained facial-expression network (FER2013 weights: research-only
+data) on every face crop: each detected face without a human emotion label (--individual) gets its
+label (individual_emotion), flagged individual_emotion_auto, and every face its probabilities
+(individual_emotion_probs); see gems_jax/data/face_labels.py for the FER -> ours mapping.
 
 Output: OUT/<name>/<version>/ (TFDS ArrayRecord + gems_meta.json, read by
 gems_jax.data.input_pipeline) and OUT/build_report.json (every clip ok or skipped with the reason;
@@ -39,9 +45,10 @@ from typing import Any
 
 import numpy as np
 
-from gems_jax.data import npz_records
+from gems_jax.data import face_labels, npz_records
 from gems_jax.data import spec as spec_lib
 from preprocessing import audio, extract, features_import, frames, individual, labels, pipeline
+from preprocessing import beam_build
 from preprocessing import text as text_lib
 from preprocessing.report import BuildReport
 
@@ -49,8 +56,9 @@ PRIVACY_WHOLE_FRAMES = 5  # --whole_frames with --privacy: the authors' 5 frames
 PRIVACY_HELP = (
     "build kind 'privacy': whole frames, audio, descriptions/text embeddings and clip labels, and "
     "nothing per person (no face crop, box, landmark, track id or per-face label; --individual "
-    "is refused). The face detector does not run at all. Blurring is not offered: the whole "
-    "frames show the scene as filmed, faces included (blurring would need the detector); use "
+    "and --individual_labels are refused). The face detector does not run at all. Blurring is "
+    "not offered: the whole frames show the scene as filmed, faces included (blurring would need "
+    "the detector); use "
     "--whole_frames 0 for a dataset of audio and text only")
 
 
@@ -82,6 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="skip clips without a description (default: keep, text_mask False)")
   _add_extraction_flags(parser)
   extract.add_runtime_flags(parser)
+  beam_build.add_flags(parser)
   args = parser.parse_args(argv)
   if args.from_features:
     if args.videos or args.annotations:
@@ -94,6 +103,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   if args.clip_timeout < 0:
     parser.error(f"--clip_timeout must be >= 0 (0: no limit), got {args.clip_timeout}")
   _check_media_flags(parser, args)
+  beam_build.check_args(parser, args)
   files = [("annotations", path) for path in args.annotations or []] + [
       ("individual", args.individual), ("labels", args.labels)]
   for flag, path in files:  # Checked before any work starts.
@@ -109,11 +119,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _check_media_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
   """Checks --privacy, --whole_frames and --audio_max_seconds and fills the --whole_frames
   default (0, with --privacy PRIVACY_WHOLE_FRAMES)."""
-  if args.from_features and (args.privacy or args.whole_frames):
-    parser.error("--from_features imports face features without frames or audio; it does not "
-                 "take --privacy or --whole_frames")
+  labeller = args.individual_labels != face_labels.NONE
+  if args.from_features and (args.privacy or args.whole_frames or labeller):
+    parser.error("--from_features imports face features without frames, audio or face crops; it "
+                 "does not take --privacy, --whole_frames or --individual_labels")
+  if args.fer_mapping and not labeller:
+    parser.error("--fer_mapping needs --individual_labels fer_mini_xception|fer_big_xception")
   if args.privacy:
-    for flag, value in (("individual", args.individual), ("skip_faceless", args.skip_faceless)):
+    for flag, value in (("individual", args.individual), ("individual_labels", labeller),
+                        ("skip_faceless", args.skip_faceless)):
       if value:
         parser.error(f"--{flag} is refused with --privacy: a privacy dataset holds no face and "
                      f"no per-face label, and the face detector does not run")
@@ -157,6 +171,14 @@ def _add_extraction_flags(parser: argparse.ArgumentParser) -> None:
                  help="detect on a view with this longer side (crops stay full resolution)")
   g.add_argument("--min_face_size", type=int, default=d.min_face_size)
   g.add_argument("--min_face_prob", type=float, default=d.min_face_prob)
+  g.add_argument("--individual_labels", choices=face_labels.CHOICES, default=d.individual_labels,
+                 help="label every detected face without a human emotion label (--individual "
+                      "always wins) with this pretrained FER2013 network (research-only data); "
+                      "stores individual_emotion_probs and individual_emotion_auto too")
+  g.add_argument("--fer_mapping", default="",
+                 help="changes to the FER class -> emotion name mapping (default angry=anger,"
+                      "disgust=disgust,fear=fear,happy=joy,sad=sadness,surprise=surprise,"
+                      "neutral=none): 'fer=ours,...' or a JSON file")
   m = parser.add_argument_group("privacy, whole frames and audio")
   m.add_argument("--privacy", action="store_true", help=PRIVACY_HELP)
   m.add_argument("--whole_frames", type=int, default=None,
@@ -194,7 +216,7 @@ def _extract_config(args: argparse.Namespace) -> extract.ExtractConfig:
       kind="privacy" if args.privacy else "faces", num_whole_frames=args.whole_frames,
       whole_frame_size=args.whole_frame_size, whole_frame_resize=args.whole_frame_resize,
       audio_samples=round(args.audio_max_seconds * audio.SAMPLE_RATE) if args.audio else 0,
-      audio_rate=audio.SAMPLE_RATE)
+      audio_rate=audio.SAMPLE_RATE, individual_labels=args.individual_labels)
 
 
 def _text_settings(args: argparse.Namespace) -> text_lib.TextSettings:
@@ -215,10 +237,12 @@ def _label_fill(t: int, k: int) -> dict[str, np.ndarray]:
 
 
 def _video_example(clip_id: str, label: labels.ClipLabels, space: labels.LabelSpace,
-                   work: pipeline.WorkDirs, people: list[individual.PersonLabel]
-                   ) -> tuple[dict[str, Any], dict[str, Any]]:
-  """The contract example of one extracted clip and its report fields."""
+                   work: pipeline.WorkDirs, people: list[individual.PersonLabel],
+                   fer_matrix: np.ndarray | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+  """The contract example of one extracted clip and its report fields. fer_matrix float32 [7, V]
+  (face_labels.mapping_matrix) when an automatic labeller ran (--individual_labels)."""
   media = npz_records.load(work.media_file(clip_id))
+  fer_probs = media.pop("face_fer_probs", None)  # Cached FER classes: mapped below.
   text = npz_records.load(work.text_file(clip_id))
   info: dict[str, Any] = {**pipeline.clip_stats(media), "warnings": []}
   if warning := pipeline.audio_warning(media):
@@ -238,6 +262,15 @@ def _video_example(clip_id: str, label: labels.ClipLabels, space: labels.LabelSp
       info["individual_labels"] = int(labelled.sum())
       if note:
         info["warnings"].append(f"unmatched individual annotations: {note}")
+    if fer_matrix is not None:
+      if fer_probs is None:
+        raise ValueError("the media cache holds no face_fer_probs (--individual_labels)")
+      emotion, probs, auto = individual.add_automatic_labels(
+          example["individual_emotion"], fer_probs, media["face_mask"], fer_matrix)
+      example.update(individual_emotion=emotion, individual_emotion_probs=probs,
+                     individual_emotion_auto=auto)
+    info["face_labels"] = individual.label_counts(
+        example["individual_emotion"], example.get("individual_emotion_auto"), media["face_mask"])
   return example, info
 
 
@@ -275,12 +308,17 @@ def build_from_videos(args: argparse.Namespace, report: BuildReport) -> int:
         report.warn(clip_id, "no description: text parts are zero, text_mask False")
       jobs.append((clip_id, videos[clip_id]))
   config, text_settings = _extract_config(args), _text_settings(args)
+  mapping, fer_matrix = {}, None
+  if config.individual_labels != face_labels.NONE:  # Checked before any work.
+    mapping = face_labels.parse_mapping(args.fer_mapping)
+    fer_matrix = face_labels.mapping_matrix(mapping, space.emotion_names)
   work = pipeline.WorkDirs.create(args.data_dir, config, text_settings)
-  text_dim = pipeline.run_text_stage([c for c, _ in jobs], descriptions, work, text_settings,
-                                     args.device, report)
-  pipeline.run_media_stage(jobs, work, config, report, device=args.device, workers=args.workers,
-                           torch_threads=args.torch_threads, detect_batch=args.detect_batch,
-                           clip_timeout=args.clip_timeout)
+  stages = beam_build.stages(args)  # The plain build's, or Beam jobs with --runner.
+  text_dim = stages.run_text_stage([c for c, _ in jobs], descriptions, work, text_settings,
+                                   args.device, report)
+  stages.run_media_stage(jobs, work, config, report, device=args.device, workers=args.workers,
+                         torch_threads=args.torch_threads, detect_batch=args.detect_batch,
+                         clip_timeout=args.clip_timeout)
   if args.num_shards > 1:
     return 0
   people, problems = ({}, {})
@@ -295,11 +333,13 @@ def build_from_videos(args: argparse.Namespace, report: BuildReport) -> int:
       max_faces=config.max_faces, text_dim=text_dim, storage="crops",
       face_size=config.face_size, kind=config.kind, num_whole_frames=config.num_whole_frames,
       whole_frame_size=config.whole_frame_size, audio_samples=config.audio_samples,
-      audio_rate=config.audio_rate,
+      audio_rate=config.audio_rate, individual_labels=config.individual_labels,
+      individual_label_mapping=mapping,
       extract_config=extract.make_extract_config(config, text_settings), **space.spec_fields())
-  path = pipeline.write_stage(
+  path = stages.write_stage(
       args.data_dir, spec, report,
-      lambda c: _video_example(c, annotations.labels[c], space, work, people.get(c, [])),
+      lambda c: _video_example(c, annotations.labels[c], space, work, people.get(c, []),
+                               fer_matrix),
       skip_faceless=args.skip_faceless)
   return 0 if path else 1
 

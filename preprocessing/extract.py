@@ -13,7 +13,13 @@ Per clip: plan the sampled frames from the packet count (`video.plan_sampling`),
   * whole frames (`num_whole_frames` = T_v > 0): `frames.read_whole_frames`, `whole_frame_size`,
     `whole_frame_resize`, JPEG `jpeg_quality`;
   * audio (`audio_samples` = S > 0): `audio.read_audio`, int16 mono at `audio_rate`; a clip without
-    usable audio gets has_audio False and `audio_reason`.
+    usable audio gets has_audio False and `audio_reason`;
+  * automatic per-face emotions (`individual_labels` a labeller of gems_jax/data/face_labels.py,
+    kind 'faces'): the pretrained FER network (preprocessing/fer.py, loaded once per
+    ClipExtractor, i.e. once per build worker) on every kept crop, before JPEG: all the clip's
+    faces in one pass at the end (`FerClassifier.batch_size` per network call), giving
+    `face_fer_probs` float32 [T, K, 7] (FER classes; 0 in empty slots). The build maps them into
+    the dataset's vocabulary at write time, where human labels win (preprocessing/individual.py).
 Kind 'privacy' has no face part: no detector is made or run. The parts share the clip's plan (its
 demuxed frames, fps and start time), so frame_index, whole_frame_index and audio sample
 k * audio_rate / fps name the same moments; whole frames use the face plan itself when T_v = T.
@@ -22,7 +28,8 @@ A dataset's `extract_config` (in gems_meta.json, written by preprocessing.build 
 `make_extract_config`) holds everything that changes the extracted data, flat and JSON-serialisable:
 the `ExtractConfig` fields and the text settings (text_encoder, text_pooling, text_max_length), i.e.
 the settings that name the build's two cache folders. One written before the privacy kind, whole
-frames and audio existed lacks `MEDIA_KEYS` and means their defaults (faces, neither). Run-time
+frames and audio existed lacks `MEDIA_KEYS` and means their defaults (faces, neither); one written
+before automatic labels lacks `LABEL_KEYS` (no labeller). Run-time
 knobs (device, detect batch, torch threads) never change the data and are not part of it.
 
 CLI (used by the predict tool in a subprocess; prints nothing but errors):
@@ -33,8 +40,9 @@ CONFIG.json holds a dataset's `extract_config`. Writes `extract_clip`'s record w
 without labels (the keys of the dataset's kind, whole frames and audio), plus `audio_reason` with
 audio, and for kind 'faces' `frame_jpegs` [T] (each sampled frame, longer side <= --thumb_size, b''
 when padded) and `frame_size` int32 [2] (original width, height, upright) for a contact sheet: scale
-the boxes by thumb_width / width. An unreadable video or a bad CONFIG.json exits with status 2 and
-the reason as the last line of stderr.
+the boxes by thumb_width / width; with a labeller (the config's `individual_labels`, which the
+predict tool sets for --face_emotions pretrained) also `face_fer_probs` [T, K, 7]. An unreadable
+video or a bad CONFIG.json exits with status 2 and the reason as the last line of stderr.
 """
 from __future__ import annotations
 
@@ -53,9 +61,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gems_jax.data import npz_records
+from gems_jax.data import face_labels, npz_records
 from gems_jax.data import spec as spec_lib
-from preprocessing import audio as audio_lib, faces as faces_lib, frames as frames_lib, labels
+from preprocessing import audio as audio_lib, faces as faces_lib, fer, frames as frames_lib, labels
 from preprocessing import text as text_lib, video
 from preprocessing.tracking import IouTracker
 
@@ -64,6 +72,8 @@ from preprocessing.tracking import IouTracker
 # without them means their defaults, a faces extraction with neither (datasets built before).
 MEDIA_KEYS = ("kind", "num_whole_frames", "whole_frame_size", "whole_frame_resize",
               "audio_samples", "audio_rate")
+# Added with automatic per-face labels: absent means 'none' (datasets built before).
+LABEL_KEYS = ("individual_labels",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +98,8 @@ class ExtractConfig:
   whole_frame_resize: str = "squash"  # 'squash' (the authors') or 'letterbox' (frames.py).
   audio_samples: int = 0  # S int16 mono samples from the first frame; 0: no audio.
   audio_rate: int = audio_lib.SAMPLE_RATE  # Hz.
+  # 'none', or the face_labels.LABELLERS key whose network labels every kept face (face_fer_probs).
+  individual_labels: str = face_labels.NONE
 
   def __post_init__(self):
     object.__setattr__(self, "mtcnn_thresholds", tuple(float(t) for t in self.mtcnn_thresholds))
@@ -103,13 +115,25 @@ class ExtractConfig:
               "whole_frame_size": len(self.whole_frame_size) == 2 and min(
                   self.whole_frame_size) >= 1,
               "whole_frame_resize": self.whole_frame_resize in frames_lib.RESIZE_MODES,
-              "audio_samples": self.audio_samples >= 0, "audio_rate": self.audio_rate >= 1}
+              "audio_samples": self.audio_samples >= 0, "audio_rate": self.audio_rate >= 1,
+              "individual_labels": self.individual_labels in face_labels.CHOICES}
     bad = ", ".join(f"{name}={getattr(self, name)!r}" for name, ok in checks.items() if not ok)
     if bad:
       raise ValueError(f"ExtractConfig: invalid {bad}")
     if self.kind == "privacy" and not (self.num_whole_frames or self.audio_samples):
       raise ValueError("ExtractConfig: kind 'privacy' keeps no face, so it needs whole frames or "
                        "audio (num_whole_frames or audio_samples > 0)")
+    if self.kind == "privacy" and self.individual_labels != face_labels.NONE:
+      raise ValueError("ExtractConfig: kind 'privacy' keeps no face, so it takes no automatic "
+                       f"per-face labeller (individual_labels={self.individual_labels!r})")
+
+  def cache_key(self) -> dict[str, Any]:
+    """The settings that name a build's media cache: every field, `individual_labels` only when
+    a labeller runs (so caches made before it existed, without face_fer_probs, stay valid)."""
+    settings = dataclasses.asdict(self)
+    if self.individual_labels == face_labels.NONE:
+      del settings["individual_labels"]
+    return settings
 
 
 def _prefetched(make_iterator: Callable[[], Iterator[Any]], depth: int) -> Iterator[Any]:
@@ -152,7 +176,8 @@ class ClipExtractor:
   """Holds the detector (kind 'faces' only); `extract` turns one clip into the media part of an
   example.
 
-  Run-time knobs that never change the data: device (torch device of MTCNN), decode_threads
+  With a labeller (`config.individual_labels`) it also holds that FER network. Run-time knobs
+  that never change the data: device (torch device of MTCNN and FER), decode_threads
   (FFmpeg decoder threads, 0 = FFmpeg's choice), prefetch (decode in a background thread),
   detect_batch (frames per MTCNN call).
   """
@@ -163,6 +188,8 @@ class ClipExtractor:
     self.detect_batch = detect_batch
     self.detector = (faces_lib.FaceDetector(config.min_face_size, config.mtcnn_thresholds, device)
                      if config.kind == "faces" else None)
+    labeller = face_labels.LABELLERS.get(config.individual_labels)
+    self.labeller = fer.FerClassifier(labeller.model, device=device) if labeller else None
 
   def _frames(self, path, plan) -> Iterator[tuple[int, int, Image.Image, Image.Image, float]]:
     for step, index, image in video.iter_sampled_frames(path, plan, self.decode_threads):
@@ -184,7 +211,8 @@ class ClipExtractor:
     """The media arrays of the clip at `path` (raises video.VideoError for a bad video).
 
     Kind 'faces': frame_index, step_mask, faces, face_boxes, face_scores, face_track, face_mask
-    (shapes as in the contract), num_faces, steps_with_faces, and with thumb_size > 0 also
+    (shapes as in the contract), num_faces, steps_with_faces, with a labeller face_fer_probs
+    float32 [T, K, 7], and with thumb_size > 0 also
     frame_jpegs and frame_size (see the module docstring). With whole frames: whole_frames,
     whole_frame_index, whole_frame_mask; with audio: audio, audio_length, has_audio, audio_reason.
     """
@@ -212,6 +240,7 @@ class ClipExtractor:
         "face_track": np.full((t, k), -1, np.int32), "face_mask": np.zeros((t, k), bool)}
     if thumb_size:
       out["frame_jpegs"] = np.full(t, b"", dtype=object)
+    fer_inputs, fer_slots = [], []  # [n, 1, 64, 64] per step with faces; their (step, slot).
     tracker = IouTracker(c.track_iou, c.track_expand, c.track_max_gap)
     frames = (_prefetched(lambda: self._frames(path, plan), depth=2) if self.prefetch
               else self._frames(path, plan))
@@ -219,8 +248,11 @@ class ClipExtractor:
       boxes = faces_lib.clip_boxes(boxes / scale, *image.size)
       keep = faces_lib.select_faces(boxes, scores, k, c.min_face_prob)
       n = len(keep)
-      out["faces"][step, :n] = faces_lib.crop_faces(image, boxes[keep], c.face_size,
-                                                    c.face_margin, c.jpeg_quality)
+      crops = faces_lib.crop_images(image, boxes[keep], c.face_size, c.face_margin)
+      out["faces"][step, :n] = faces_lib.encode_jpegs(crops, c.jpeg_quality)
+      if self.labeller is not None and n:  # Grey 64 x 64 now; the network runs once at the end.
+        fer_inputs.append(fer.to_model_input(np.stack([np.asarray(crop) for crop in crops])))
+        fer_slots += [(step, slot) for slot in range(n)]
       out["face_boxes"][step, :n] = boxes[keep]
       out["face_scores"][step, :n] = scores[keep]
       out["face_track"][step, :n] = tracker.update(boxes[keep], index)
@@ -228,6 +260,11 @@ class ClipExtractor:
       if thumb_size:
         out["frame_jpegs"][step] = _thumbnail(small, thumb_size)
         out["frame_size"] = np.array(image.size, np.int32)  # Upright, as the boxes.
+    if self.labeller is not None:
+      out["face_fer_probs"] = np.zeros((t, k, len(face_labels.FER_CLASSES)), np.float32)
+      if fer_slots:
+        out["face_fer_probs"][tuple(np.array(fer_slots).T)] = self.labeller.forward(
+            torch.cat(fer_inputs))
     out["num_faces"] = int(out["face_mask"].sum())
     out["steps_with_faces"] = int(out["face_mask"].any(axis=1).sum())
     return out
@@ -291,7 +328,8 @@ def parse_extract_config(extract_config: Mapping[str, Any]
   config_keys = {f.name for f in dataclasses.fields(ExtractConfig)}
   text_keys = {f"text_{key}" for key in text_lib.TextSettings().cache_key()}
   unknown = sorted(set(extract_config) - config_keys - text_keys)
-  missing = sorted((config_keys - set(MEDIA_KEYS) | text_keys) - set(extract_config))
+  missing = sorted((config_keys - set(MEDIA_KEYS) - set(LABEL_KEYS) | text_keys)
+                   - set(extract_config))
   if unknown or missing:
     raise ValueError(f"extract_config: unknown keys {unknown}, missing keys {missing}")
   try:

@@ -85,14 +85,27 @@ def square_crop_box(box: np.ndarray, margin: float) -> tuple[int, int, int, int]
   return left, top, left + side, top + side
 
 
-def crop_faces(image: Image.Image, boxes: np.ndarray, size: int, margin: float,
-               quality: int) -> list[bytes]:
-  """JPEG bytes of one square RGB crop of `size` x `size` per box (boxes in `image` pixels)."""
+def crop_images(image: Image.Image, boxes: np.ndarray, size: int, margin: float
+                ) -> list[Image.Image]:
+  """One square RGB crop of `size` x `size` per box [N, 4] (boxes in `image` pixels)."""
   out = []
   for box in boxes:
     crop = image.crop(square_crop_box(box, margin))
-    crop = crop.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    out.append(crop.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0))
+  return out
+
+
+def encode_jpegs(images: Sequence[Image.Image], quality: int) -> list[bytes]:
+  """JPEG bytes of each image."""
+  out = []
+  for image in images:
     buffer = io.BytesIO()
-    crop.save(buffer, format="JPEG", quality=quality)
+    image.save(buffer, format="JPEG", quality=quality)
     out.append(buffer.getvalue())
   return out
+
+
+def crop_faces(image: Image.Image, boxes: np.ndarray, size: int, margin: float,
+               quality: int) -> list[bytes]:
+  """JPEG bytes of one square RGB crop of `size` x `size` per box (boxes in `image` pixels)."""
+  return encode_jpegs(crop_images(image, boxes, size, margin), quality)

@@ -1,8 +1,10 @@
-"""Per-frame individual annotations: reading them and attaching them to detected faces.
+"""Per-face labels: reading the per-frame individual annotations, attaching them to detected faces,
+and filling the rest from a pretrained labeller.
 
     rows, problems = read_individual_annotations(csv_path, space)   # clip_id -> [PersonLabel]
     emotion, valence, arousal, note = assign_individual_labels(rows["70_25"], frame_index,
                                                                face_boxes, face_mask)
+    emotion, probs, auto = add_automatic_labels(emotion, fer_probs, face_mask, matrix)
 
 CSV header: clip_id,frame,x1,y1,x2,y2,emotion,valence,arousal (the schema in `gems_jax/data/spec.py`); frame
 is the 0-based decoded-frame index, the box is in original frame pixels; an empty emotion,
@@ -15,6 +17,9 @@ work; rows of other frames are not used). Each such row goes to the face with th
 that get no face (the detector missed the person, or the box is off) are counted in the note.
 Malformed or out-of-range rows are dropped with a message naming file, line and value (the build
 reports them as warnings of their clip; they never stop it).
+
+Automatic labels (build --individual_labels): every detected face without a human emotion label
+gets the pretrained labeller's argmax, flagged as automatic; human labels always win.
 """
 from __future__ import annotations
 
@@ -120,3 +125,30 @@ def assign_individual_labels(people: list[PersonLabel], frame_index: np.ndarray,
   note = (f"{unmatched} of {considered} individual annotations at the sampled steps matched no "
           f"detected face (IoU >= {min_iou})" if unmatched else "")
   return emotion, valence, arousal, note
+
+
+def add_automatic_labels(emotion: np.ndarray, fer_probs: np.ndarray, face_mask: np.ndarray,
+                         matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """A pretrained labeller's emotion for every detected face without a human emotion label.
+
+  emotion int32 [T, K] (human labels; -1 = none), fer_probs float32 [T, K, 7] (the labeller's FER
+  probabilities, extract.py's face_fer_probs), face_mask bool [T, K], matrix float32 [7, V]
+  (gems_jax.data.face_labels.mapping_matrix). Returns individual_emotion int32 [T, K] (human labels
+  kept), individual_emotion_probs float32 [T, K, V] (over the vocabulary, for every detected face;
+  0 in empty slots) and individual_emotion_auto bool [T, K] (True where the emotion is the
+  probabilities' argmax). A face with human valence/arousal but no human emotion gets an
+  automatic emotion; its valence/arousal stay the human ones (FER has none).
+  """
+  probs = np.where(face_mask[..., None], np.asarray(fer_probs, np.float32) @ matrix, 0.0)
+  auto = face_mask & (emotion < 0)
+  return (np.where(auto, probs.argmax(-1), emotion).astype(np.int32), probs.astype(np.float32),
+          auto)
+
+
+def label_counts(emotion: np.ndarray, auto: np.ndarray | None, face_mask: np.ndarray
+                 ) -> dict[str, int]:
+  """Detected faces [T, K] by the source of their emotion label: human, automatic, unlabelled."""
+  auto = np.zeros_like(face_mask) if auto is None else auto
+  return {"human": int((face_mask & (emotion >= 0) & ~auto).sum()),
+          "automatic": int((face_mask & auto).sum()),
+          "unlabelled": int((face_mask & (emotion < 0)).sum())}

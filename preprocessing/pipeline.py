@@ -8,11 +8,15 @@
 The media stage extracts each clip's faces, whole frames and audio (whichever the ExtractConfig
 asks for) in one killable worker job. Caches live in `<data_dir>/_work/media-<hash>/<clip_id>.npz`
 and `_work/text-<hash>/<clip_id>.npz`, where the hash covers every setting that changes the cached
-data (every ExtractConfig field: kind, faces, whole frames, audio; encoder, pooling and max
-length), so a rerun with the same settings skips finished clips and a rerun with other settings
-never mixes old and new data. Labels are not cached: they are joined at write time, so a
+data (every ExtractConfig field: kind, faces, whole frames, audio, the automatic labeller when one
+runs; encoder, pooling and max length), so a rerun with the same settings skips finished clips
+and a rerun with other settings never mixes old and new data. Labels are not cached: they are joined at write time, so a
 fixed annotation file needs no re-extraction. Each clip's outcome goes into the `BuildReport`;
 no per-clip problem stops the build.
+
+The per-clip pieces of these stages (`encode_text_batch`, `_extract_one`, `record_media`,
+`check_example`, `record_check`, `write_ok_clips`) are also what the Beam build runs
+(preprocessing/beam_build.py, beam_transforms.py), so both give the same examples and report.
 """
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ class WorkDirs:
   def create(cls, data_dir: str | os.PathLike, config: extract.ExtractConfig,
              text: text_lib.TextSettings) -> WorkDirs:
     root = pathlib.Path(data_dir) / "_work"
-    media_settings, text_settings = dataclasses.asdict(config), text.cache_key()
+    media_settings, text_settings = config.cache_key(), text.cache_key()
     dirs = cls(root / f"media-{_hash(media_settings)}", root / f"text-{_hash(text_settings)}")
     for folder, settings in ((dirs.media, media_settings), (dirs.text, text_settings)):
       folder.mkdir(parents=True, exist_ok=True)
@@ -88,10 +92,9 @@ def discover_videos(folder: str | os.PathLike, clip_ids: Iterable[str]
   return found, warnings
 
 
-def run_text_stage(clip_ids: list[str], descriptions: Mapping[str, str], work: WorkDirs,
-                   settings: text_lib.TextSettings, device: str, report: BuildReport) -> int:
-  """Encodes the descriptions of clips whose text cache is missing or stale; returns D."""
-  dim = text_lib.encoder_dim(settings.encoder)
+def pending_texts(clip_ids: list[str], descriptions: Mapping[str, str], work: WorkDirs
+                  ) -> list[tuple[str, str]]:
+  """(clip_id, description) of the clips whose text cache is missing, stale or unreadable."""
   pending = []
   for clip_id in clip_ids:
     description = descriptions.get(clip_id, "")
@@ -103,24 +106,44 @@ def run_text_stage(clip_ids: list[str], descriptions: Mapping[str, str], work: W
       except ValueError:
         pass  # Unreadable: recompute.
     pending.append((clip_id, description))
-  with_text = [(c, d) for c, d in pending if d.strip()]
+  return pending
+
+
+def text_batches(pending: list[tuple[str, str]], batch_size: int) -> list[list[tuple[str, str]]]:
+  """`pending` in encoder calls of `batch_size` clips (the batches never change the data)."""
+  chunk = max(1, batch_size)
+  return [pending[start:start + chunk] for start in range(0, len(pending), chunk)]
+
+
+def encode_text_batch(batch: list[tuple[str, str]], encoder: text_lib.TextEncoder | None,
+                      dim: int, work: WorkDirs) -> int:
+  """Encodes one batch of (clip_id, description) and caches each clip's text parts (zeros for a
+  clip without description; `encoder` may be None when no clip of the build has one); returns
+  how many descriptions it encoded."""
+  parts = [text_lib.split_description(d) for _, d in batch]
+  if encoder is not None and any(d.strip() for _, d in batch):
+    embedding, mask = encoder.encode_parts(parts)
+  else:
+    embedding = np.zeros((len(batch), len(text_lib.PART_NAMES), dim), np.float32)
+    mask = np.zeros((len(batch), len(text_lib.PART_NAMES)), bool)
+  for i, (clip_id, description) in enumerate(batch):
+    npz_records.save(work.text_file(clip_id), {"description": description,
+                                               "text_embedding": embedding[i],
+                                               "text_mask": mask[i]})
+  return sum(1 for _, d in batch if d.strip())
+
+
+def run_text_stage(clip_ids: list[str], descriptions: Mapping[str, str], work: WorkDirs,
+                   settings: text_lib.TextSettings, device: str, report: BuildReport) -> int:
+  """Encodes the descriptions of clips whose text cache is missing or stale; returns D."""
+  dim = text_lib.encoder_dim(settings.encoder)
+  pending = pending_texts(clip_ids, descriptions, work)
+  with_text = any(d.strip() for _, d in pending)
   encoder = (text_lib.TextEncoder(settings.encoder, settings.pooling, settings.max_length,
                                   settings.batch_size, device) if with_text else None)
-  chunk = max(1, settings.batch_size)
-  for start in tqdm(range(0, len(pending), chunk), desc="text", unit="batch",
+  for batch in tqdm(text_batches(pending, settings.batch_size), desc="text", unit="batch",
                     disable=not with_text):
-    batch = pending[start:start + chunk]
-    parts = [text_lib.split_description(d) for _, d in batch]
-    if encoder is not None and any(d.strip() for _, d in batch):
-      embedding, mask = encoder.encode_parts(parts)
-    else:
-      embedding = np.zeros((len(batch), len(text_lib.PART_NAMES), dim), np.float32)
-      mask = np.zeros((len(batch), len(text_lib.PART_NAMES)), bool)
-    for i, (clip_id, description) in enumerate(batch):
-      npz_records.save(work.text_file(clip_id), {"description": description,
-                                                 "text_embedding": embedding[i],
-                                                 "text_mask": mask[i]})
-    report.text_encoded += sum(1 for _, d in batch if d.strip())
+    report.text_encoded += encode_text_batch(batch, encoder, dim, work)
   return dim
 
 
@@ -174,9 +197,14 @@ def _extract_one(clip_id: str, path: str, out_path: str) -> tuple[str, dict | No
   return clip_id, {**clip_stats(record), "seconds": round(time.perf_counter() - start, 3)}, None
 
 
-def _record(report: BuildReport, clip_id: str, stats: dict | None, reason: str | None) -> None:
+def record_media(report: BuildReport, clip_id: str, stats: dict | None, reason: str | None
+                 ) -> None:
+  """Records one clip's media outcome: skipped with `reason`, extracted with `stats`, or found in
+  the cache (both None)."""
   if reason is not None:
     report.skip(clip_id, reason)
+  elif stats is None:
+    report.entry(clip_id)["source"] = "cache"
   else:
     report.entry(clip_id).update(stats, source="extracted")
 
@@ -196,7 +224,7 @@ def run_media_stage(jobs: list[tuple[str, pathlib.Path]], work: WorkDirs,
   todo = []
   for clip_id, path in jobs:
     if work.media_file(clip_id).exists():
-      report.entry(clip_id)["source"] = "cache"
+      record_media(report, clip_id, None, None)
     else:
       todo.append((clip_id, str(path), str(work.media_file(clip_id))))
   workers = max(1, workers)
@@ -206,11 +234,47 @@ def run_media_stage(jobs: list[tuple[str, pathlib.Path]], work: WorkDirs,
   for job, result, failure in workers_lib.run_jobs(todo, _extract_one, _init_worker, initargs,
                                                    workers=workers, timeout=clip_timeout):
     if failure is None:
-      _record(report, *result)
+      record_media(report, *result)
     else:
       report.skip(job[0], failure)
     progress.update()
   progress.close()
+
+
+@dataclasses.dataclass
+class ClipCheck:
+  """What checking one clip's example adds to its report entry (`record_check`)."""
+  fields: dict[str, Any]  # Report fields of the example (faces, steps, ...).
+  warnings: list[str]
+  reason: str | None = None  # Why it is skipped, or None: it stays ok.
+
+
+def check_example(clip_id: str, load_example: Callable[[str], tuple[dict, dict]],
+                  spec: spec_lib.DatasetSpec, skip_faceless: bool = False) -> ClipCheck:
+  """Loads and validates one ok clip's example (see `write_stage`)."""
+  check = ClipCheck({}, [])
+  try:
+    example, info = load_example(clip_id)
+    check.warnings.extend(info.pop("warnings", []))
+    check.fields.update(info)
+    if info.get("faces") == 0:
+      if skip_faceless:
+        check.reason = "no faces: no face detected in any sampled step (--skip_faceless)"
+        return check
+      check.warnings.append("no faces: none detected in any sampled step (kept: context and "
+                            "text)")
+    validation.validate_example(example, spec)
+  except (ValueError, KeyError, OSError) as e:  # E.g. a cache file damaged after it was written.
+    check.reason = f"invalid example: {type(e).__name__}: {e}"
+  return check
+
+
+def record_check(report: BuildReport, clip_id: str, check: ClipCheck) -> None:
+  entry = report.entry(clip_id)
+  entry["warnings"].extend(check.warnings)
+  entry.update(check.fields)
+  if check.reason is not None:
+    report.skip(clip_id, check.reason)
 
 
 def write_stage(data_dir: str | os.PathLike, spec: spec_lib.DatasetSpec, report: BuildReport,
@@ -222,25 +286,33 @@ def write_stage(data_dir: str | os.PathLike, spec: spec_lib.DatasetSpec, report:
   fails `validate_example` (or has no face while `skip_faceless`) turns into skipped.
   """
   for clip_id in tqdm(report.ok_clips(), desc="check", unit="clip"):
-    try:
-      example, info = load_example(clip_id)
-      entry = report.entry(clip_id)
-      entry["warnings"].extend(info.pop("warnings", []))
-      entry.update(info)
-      if info.get("faces") == 0:
-        if skip_faceless:
-          report.skip(clip_id, "no faces: no face detected in any sampled step (--skip_faceless)")
-          continue
-        report.warn(clip_id, "no faces: none detected in any sampled step (kept: context and "
-                             "text)")
-      validation.validate_example(example, spec)
-    except (ValueError, KeyError, OSError) as e:  # E.g. a cache file damaged after it was written.
-      report.skip(clip_id, f"invalid example: {type(e).__name__}: {e}")
+    record_check(report, clip_id, check_example(clip_id, load_example, spec, skip_faceless))
+  return write_ok_clips(data_dir, spec, report, load_example)
+
+
+def write_ok_clips(data_dir: str | os.PathLike, spec: spec_lib.DatasetSpec, report: BuildReport,
+                   load_example: Callable[[str], tuple[dict[str, Any], dict[str, Any]]],
+                   beam_options: list[str] | None = None) -> pathlib.Path | None:
+  """Writes the dataset of the report's ok clips (each split in clip-id order); with
+  `beam_options` (Beam pipeline flags) in a Beam pipeline (`tfds_writer.write_dataset_beam`)."""
   splits = {split: report.ok_clips(split) for split in report.split_counts()}
   if not splits:
     report.warnings.append("no clip is ok: no dataset written")
     return None
-  generators = {split: (load_example(c)[0] for c in clips) for split, clips in splits.items()}
-  path = tfds_writer.write_dataset(data_dir, spec, generators, overwrite=True)
+  if beam_options is None:
+    generators = {split: (load_example(c)[0] for c in clips) for split, clips in splits.items()}
+    path = tfds_writer.write_dataset(data_dir, spec, generators, overwrite=True)
+  else:
+    path = tfds_writer.write_dataset_beam(data_dir, spec, splits, _ExampleOnly(load_example),
+                                          beam_options, overwrite=True)
   report.dataset = str(path)
   return path
+
+
+@dataclasses.dataclass(frozen=True)
+class _ExampleOnly:
+  """load_example without the report fields (a picklable callable for Beam workers)."""
+  load_example: Callable[[str], tuple[dict[str, Any], dict[str, Any]]]
+
+  def __call__(self, clip_id: str) -> dict[str, Any]:
+    return self.load_example(clip_id)[0]

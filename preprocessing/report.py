@@ -6,14 +6,18 @@ build_report.json (written atomically next to the dataset):
                 "text_encoded": n},
      "splits": {"train": n_ok, ...}, "warnings": ["global problems"],
      "clip_warnings": {"no audio stream": n, "no description": n, ...},
+     "face_labels": {"human": n, "automatic": n, "unlabelled": n},
      "clips": {"70_25": {"status": "ok", "split": "train", "source": "extracted" | "cache",
                          "faces": 61, "steps": 16, "steps_with_faces": 14, "whole_frames": 5,
+                         "face_labels": {"human": 3, "automatic": 58, "unlabelled": 0},
                          "has_audio": false, "audio_length": 0, "seconds": 2.1,
                          "warnings": ["no audio stream: kept without audio",
                                       "no description: text parts are zero, text_mask False"]},
                "70_26": {"status": "skipped", "split": "val", "reason": "..."}}}
-`source` says whether this run computed the clip's media or found them in the cache, so a rerun
-shows what it skipped. A clip's fields are those its dataset holds (a privacy build has no face
+`face_labels` counts the detected faces (kind 'faces') by the source of their emotion label: a
+human annotation (--individual), the automatic labeller (--individual_labels; `settings` names it),
+or none; the top-level one sums the ok clips. `source` says whether this run computed the clip's
+media or found them in the cache, so a rerun shows what it skipped. A clip's fields are those its dataset holds (a privacy build has no face
 counts). A clip warning reads "<kind>: <detail>"; `clip_warnings` counts the ok clips' warnings
 by kind. Statuses are final only after the write step: an example that fails the dataset's
 validation then turns from ok into skipped.
@@ -69,6 +73,14 @@ class BuildReport:
                                 if e["status"] == "ok" for w in e["warnings"])
     return dict(kinds.most_common())
 
+  def face_label_counts(self) -> dict[str, int]:
+    """The ok clips' `face_labels` summed ({} when no clip has faces: a privacy build)."""
+    total: collections.Counter = collections.Counter()
+    for entry in self.clips.values():
+      if entry["status"] == "ok":
+        total.update(entry.get("face_labels", {}))
+    return {key: total[key] for key in ("human", "automatic", "unlabelled")} if total else {}
+
   def split_counts(self) -> dict[str, int]:
     return dict(sorted(collections.Counter(
         e["split"] for e in self.clips.values() if e["status"] == "ok").items()))
@@ -80,7 +92,8 @@ class BuildReport:
       clips[clip_id] = clean
     return {"command": self.command, "settings": self.settings, "dataset": self.dataset,
             "counts": self.counts(), "splits": self.split_counts(), "warnings": self.warnings,
-            "clip_warnings": self.warning_counts(), "clips": clips}
+            "clip_warnings": self.warning_counts(), "face_labels": self.face_label_counts(),
+            "clips": clips}
 
   def save(self, path: str | os.PathLike) -> pathlib.Path:
     path = pathlib.Path(path)
@@ -100,6 +113,8 @@ class BuildReport:
     lines = [f"clips {counts['clips']}: ok {counts['ok']} (extracted {counts['extracted']}, "
              f"from cache {counts['from_cache']}), skipped {counts['skipped']}",
              "splits: " + (", ".join(f"{s} {n}" for s, n in self.split_counts().items()) or "-")]
+    if labels := self.face_label_counts():
+      lines.append("face labels: " + ", ".join(f"{kind} {n}" for kind, n in labels.items()))
     lines += [f"  skipped x{n}: {reason}" for reason, n in reasons.most_common()]
     lines += [f"  warned x{n}: {kind}" for kind, n in self.warning_counts().items()]
     lines += [f"warning: {w}" for w in self.warnings]

@@ -16,6 +16,11 @@ job is handed to a worker that has finished `initializer` (loading models does n
 On Linux a worker is killed when the process that started it dies (prctl PR_SET_PDEATHSIG), so
 a killed build never leaves a worker behind; call `run_jobs` from the main thread (the signal
 follows the starting thread).
+
+For a caller that hands out jobs one at a time from any thread (a Beam DoFn, preprocessing/
+beam_build.py), `JobRunner` keeps one such worker: `runner.run(job)` -> (result, failure) with
+the same timeouts and failures; its worker is started from a thread of its own that lives as long
+as the worker, so the worker dies with the process, never with the calling thread.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from multiprocessing import connection
 from typing import Any, Callable, Iterator, Sequence
@@ -136,3 +142,66 @@ def run_jobs(jobs: Sequence[tuple], task: Callable, initializer: Callable, inita
   finally:
     for worker in pool:
       worker.stop()
+
+
+class JobRunner:
+  """One killable worker process (initialised once) running `task(*job)` for jobs handed to
+  `run` one at a time, with `run_jobs`'s timeout and failure semantics; `close` ends it."""
+
+  def __init__(self, task: Callable, initializer: Callable, initargs: tuple, *,
+               timeout: float | None):
+    self._args = (initializer, initargs, task)
+    self._timeout = timeout
+    self._worker: _Worker | None = None
+    self._release = threading.Event()  # Set: the keeper thread of the current worker ends.
+
+  def start(self) -> None:
+    """Starts the worker (if it is not running) and waits until it has initialised."""
+    if self._worker is not None and self._worker.process.is_alive():
+      return
+    self.close()
+    made: list[_Worker] = []
+    self._release = threading.Event()
+    ready = threading.Event()
+
+    def keep(release: threading.Event) -> None:  # PR_SET_PDEATHSIG follows this thread.
+      made.append(_Worker(multiprocessing.get_context("spawn"), *self._args))
+      ready.set()
+      release.wait()
+
+    threading.Thread(target=keep, args=(self._release,), daemon=True,
+                     name="job-runner-keeper").start()
+    ready.wait()
+    worker = self._worker = made[0]
+    while not worker.ready:
+      connection.wait([worker.conn, worker.process.sentinel])
+      received, _ = worker.receive()
+      if received:
+        worker.ready = True
+      elif not worker.process.is_alive():
+        self.close()
+        raise RuntimeError(f"a worker process failed to start (exit code "
+                           f"{worker.process.exitcode}); its error is printed above")
+
+  def run(self, job: tuple) -> tuple[Any, str | None]:
+    """(task(*job), None), or (None, failure) when the job timed out or its worker died."""
+    self.start()
+    worker = self._worker
+    worker.give(job, self._timeout)
+    while True:
+      wait = worker.deadline - time.monotonic()
+      connection.wait([worker.conn, worker.process.sentinel],
+                      None if wait == float("inf") else max(0.0, wait))
+      received, message = worker.receive()
+      if received:
+        worker.job, worker.deadline = None, float("inf")
+        return message, None
+      if failure := worker.failure(self._timeout):
+        self.close()
+        return None, failure
+
+  def close(self) -> None:
+    if self._worker is not None:
+      self._worker.stop()
+      self._worker = None
+    self._release.set()

@@ -103,12 +103,43 @@ def test_profile_of_the_real_clip(gems_run, real_clip, tmp_path):
       assert 0 <= x1 < x2 <= 1920 and 0 <= y1 < y2 <= 1080
       assert face["emotion"] in spec_names and face["track_id"] >= 0
       assert abs(sum(face["emotion_probabilities"].values()) - 1) < 1e-3
+  assert saved["face_emotions"]["labelled_by"] == "faces labelled by this run's face encoder"
+  assert saved["face_emotions"]["rule"].startswith("auto:")  # Its dataset 'gems' is not synthetic.
   clip = saved["clip"]
   assert abs(sum(clip["group_emotion_probabilities"].values()) - 1) < 1e-3
   assert clip["group_category"] in ("positive", "neutral", "negative")
   assert len(clip["situation_probabilities"]) == 10
   png = tmp_path / "contact_sheet.png"
   assert png.exists() and png.stat().st_size > 20_000
+
+
+def test_pretrained_face_emotions_label_every_face_and_name_the_model(gems_run, real_clip,
+                                                                    tmp_path, monkeypatch):
+  """--face_emotions pretrained: fer_mini_xception, run in the extraction subprocess, labels every
+  detected face; profile.json and the contact sheet say so; the clip heads stay the run's."""
+  import matplotlib.axes
+  drawn = []
+  text = matplotlib.axes.Axes.text
+
+  def recorded(self, x, y, s, *args, **kwargs):
+    drawn.append(s)
+    return text(self, x, y, s, *args, **kwargs)
+
+  monkeypatch.setattr(matplotlib.axes.Axes, "text", recorded)
+  result = predict.predict(str(gems_run / "gems"), str(real_clip), "", str(tmp_path),
+                           face_emotions="pretrained")
+  source = result["face_emotions"]
+  assert (source["source"], source["labeller"]) == ("pretrained", "fer_mini_xception")
+  assert source["labelled_by"] == "faces labelled by fer_mini_xception (FER2013, pretrained)"
+  faces = [face for frame in result["frames"] for face in frame["faces"]]
+  assert len(faces) == result["num_faces"] >= 4
+  for face in faces:
+    probs = face["emotion_probabilities"]
+    assert face["emotion"] == max(probs, key=probs.get) not in ("trust", "anticipation")
+    assert abs(sum(probs.values()) - 1) < 1e-3 and probs["trust"] == probs["anticipation"] == 0
+  panel = "\n".join(s for s in drawn if "GROUP PROFILE" in s)
+  assert "fer_mini_xception (FER2013," in panel and "pretrained)" in panel
+  assert abs(sum(result["clip"]["group_emotion_probabilities"].values()) - 1) < 1e-3
 
 
 def test_faceless_clip_still_gets_a_profile(gems_run, tmp_path):

@@ -5,9 +5,10 @@
     batch = next(it)           # dict of numpy arrays, leading dim = batch_size (per process)
     state = it.get_state()     # store in the checkpoint; later: it.set_state(state)
 
-Batches follow the schema in `gems_jax/data/spec.py`: the example keys stacked over a leading dim b, `faces`
-decoded to uint8 [b, T, K, S, S, 3] (zeros for empty slots; dropped when decode_faces=False),
-`whole_frames` to uint8 [b, T_v, H, W, 3],
+Batches follow the schema in `gems_jax/data/spec.py`: the example keys stacked over a leading dim b
+(the automatic-label keys a 'faces' dataset does not store hold their fill values:
+`spec.read_array_specs`), `faces` decoded to uint8 [b, T, K, S, S, 3] (zeros for empty slots;
+dropped when decode_faces=False), `whole_frames` to uint8 [b, T_v, H, W, 3],
 strings as numpy object arrays (dropped when keep_strings=False), plus `valid` bool [b].
 
 Index plan (`ShardPlan`): each epoch orders the N examples (in storage order, or a permutation
@@ -144,11 +145,13 @@ class ShardPlan:
     return out
 
 
-def _record_to_example(record: dict[str, Any], spec: spec_lib.DatasetSpec) -> dict[str, Any]:
-  """A TFDS-decoded record (bytes strings, Python scalars) -> the contract's numpy example."""
+def _record_to_example(record: dict[str, Any], spec: spec_lib.DatasetSpec,
+                       padding: dict[str, Any]) -> dict[str, Any]:
+  """A TFDS-decoded record (bytes strings, Python scalars) -> the contract's numpy example; keys
+  the dataset does not store (`spec.read_array_specs`) come from `padding` (their fill values)."""
   out: dict[str, Any] = {key: record[key].decode("utf-8") for key in spec_lib.STRING_KEYS}
-  for key, (_, dtype) in spec_lib.array_specs(spec).items():
-    out[key] = np.asarray(record[key], dtype=dtype)
+  for key, (_, dtype) in spec_lib.read_array_specs(spec).items():
+    out[key] = np.asarray(record[key], dtype=dtype) if key in record else padding[key]
   for key in spec_lib.byte_keys(spec):
     out[key] = record[key]
   return out
@@ -193,9 +196,10 @@ class MakeBatch(grain.transforms.Map):
     valid = indices >= 0
     records = iter(self._source.__getitems__(indices[valid].tolist()) if valid.any() else [])
     padding = spec_lib.padding_example(self._spec)
-    examples = [_record_to_example(next(records), self._spec) if ok else padding for ok in valid]
+    examples = [_record_to_example(next(records), self._spec, padding) if ok else padding
+                for ok in valid]
     batch = {key: np.stack([e[key] for e in examples])
-             for key in spec_lib.array_specs(self._spec)}
+             for key in spec_lib.read_array_specs(self._spec)}
     if self._keep_strings:
       for key in spec_lib.STRING_KEYS:
         batch[key] = np.array([e[key] for e in examples], dtype=object)

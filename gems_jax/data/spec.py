@@ -11,6 +11,14 @@ imported from precomputed features, or a `gems_meta.json` written before the fie
 Kinds (`kind`, which fields identify people):
   'faces'      the GEMS dataset: per step t < T, up to K faces (crops or embeddings, boxes, scores,
                track ids, individual labels). Datasets written before `kind` existed are this kind.
+               Built with an automatic labeller (`individual_labels`, gems_jax/data/face_labels.py;
+               'none' otherwise and before it existed) it also stores, per face slot,
+               `individual_emotion_probs` float32 [T, K, V] (the labeller's probabilities over
+               emotion_names, for every detected face; 0 in empty slots) and
+               `individual_emotion_auto` bool [T, K] (True where `individual_emotion` is the
+               labeller's argmax, i.e. no human emotion label exists; human labels always win).
+               A reader gives a faces dataset without them the fill values (0, False):
+               `read_array_specs`.
   'privacy'    nothing that identifies a person: no face, box, track id, per-face label or per-step
                face field at all (T and K are unused); whole frames and/or audio, text, clip labels.
 Either kind may also carry
@@ -39,13 +47,17 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
+from gems_jax.data import face_labels
+
 META_FILENAME = "gems_meta.json"
 KINDS = ("faces", "privacy")
 STORAGES = ("crops", "embeddings")
 # Keys of the 'faces' kind only: what a 'privacy' dataset never holds.
 FACE_KEYS = ("faces", "face_embedding", "frame_index", "step_mask", "face_boxes", "face_scores",
              "face_track", "face_mask", "individual_emotion", "individual_valence",
-             "individual_arousal")
+             "individual_arousal", "individual_emotion_probs", "individual_emotion_auto")
+# Keys a 'faces' dataset stores only when built with an automatic labeller (`individual_labels`).
+AUTO_LABEL_KEYS = ("individual_emotion_probs", "individual_emotion_auto")
 DEFAULT_EMOTION_NAMES = ("fear", "anger", "joy", "sadness", "disgust", "surprise", "trust",
                          "anticipation", "none")
 DEFAULT_GROUP_CATEGORY_NAMES = ("positive", "neutral", "negative")
@@ -85,6 +97,10 @@ class DatasetSpec:
   whole_frame_embed_dim: int = 0  # E_v > 0: frame embeddings are stored instead of JPEGs.
   audio_samples: int = 0  # S, int16 mono samples per clip; 0 = no audio stored.
   audio_rate: int = 16000  # Hz.
+  # Automatic per-face emotion labels: 'none' or a face_labels.LABELLERS key, and its mapping
+  # {FER class: emotion name} ({} with 'none'). Not hashed: a dict.
+  individual_labels: str = face_labels.NONE
+  individual_label_mapping: dict[str, str] = dataclasses.field(default_factory=dict, hash=False)
   # The build's extraction settings (see the module docstring); {} = unknown. Not hashed: a dict.
   extract_config: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
@@ -114,6 +130,7 @@ class DatasetSpec:
                        f"got storage={self.storage!r}, embed_dim={self.embed_dim}")
     self._check_media()
     self._check_extract_config()
+    self._check_individual_labels()
 
   def _check_media(self):
     object.__setattr__(self, "whole_frame_size", tuple(int(v) for v in self.whole_frame_size))
@@ -150,6 +167,25 @@ class DatasetSpec:
       if field in config and config[field] != getattr(self, field):
         raise ValueError(f"DatasetSpec.extract_config[{field!r}] = {config[field]!r} disagrees "
                          f"with DatasetSpec.{field} = {getattr(self, field)!r}")
+
+  def _check_individual_labels(self):
+    """A labeller needs kind 'faces' and a mapping of every FER class into emotion_names; 'none'
+    has no mapping; extract_config, when it names a labeller, names this one."""
+    try:
+      face_labels.check_labeller(self.individual_labels)
+      object.__setattr__(self, "individual_label_mapping", dict(self.individual_label_mapping))
+      if self.individual_labels == face_labels.NONE and self.individual_label_mapping:
+        raise ValueError("individual_label_mapping must be {} without a labeller")
+      if self.individual_labels != face_labels.NONE:
+        if self.kind != "faces":
+          raise ValueError(f"individual_labels {self.individual_labels!r} needs kind 'faces'")
+        face_labels.mapping_matrix(self.individual_label_mapping, self.emotion_names)
+    except ValueError as e:
+      raise ValueError(f"DatasetSpec: {e}") from e
+    recorded = self.extract_config.get("individual_labels", self.individual_labels)
+    if recorded != self.individual_labels:
+      raise ValueError(f"DatasetSpec.extract_config['individual_labels'] = {recorded!r} disagrees "
+                       f"with DatasetSpec.individual_labels = {self.individual_labels!r}")
 
   @property
   def num_emotions(self) -> int:
@@ -209,6 +245,8 @@ def array_specs(spec: DatasetSpec) -> dict[str, tuple[tuple[int, ...], type]]:
         "face_track": ((t, k), np.int32), "face_mask": ((t, k), np.bool_),
         "individual_emotion": ((t, k), np.int32),
         "individual_valence": ((t, k), np.float32), "individual_arousal": ((t, k), np.float32)})
+    if spec.individual_labels != face_labels.NONE:
+      specs.update(_auto_label_specs(spec))
     if spec.storage == "embeddings":
       specs["face_embedding"] = ((t, k, spec.embed_dim), np.float32)
   specs.update({
@@ -226,6 +264,23 @@ def array_specs(spec: DatasetSpec) -> dict[str, tuple[tuple[int, ...], type]]:
   if spec.audio_samples:
     specs.update({"audio": ((spec.audio_samples,), np.int16), "audio_length": ((), np.int32),
                   "has_audio": ((), np.bool_)})
+  return specs
+
+
+def _auto_label_specs(spec: DatasetSpec) -> dict[str, tuple[tuple[int, ...], type]]:
+  t, k = spec.num_frames, spec.max_faces
+  return {"individual_emotion_probs": ((t, k, spec.num_emotions), np.float32),
+          "individual_emotion_auto": ((t, k), np.bool_)}
+
+
+def read_array_specs(spec: DatasetSpec) -> dict[str, tuple[tuple[int, ...], type]]:
+  """Numeric keys of an example as the reader gives it: `array_specs`, plus for a 'faces' dataset
+  built without an automatic labeller (or before labellers existed) `AUTO_LABEL_KEYS`, which the
+  reader fills with their fill values (probabilities 0, flag False)."""
+  specs = array_specs(spec)
+  if spec.kind == "faces":
+    specs.update({key: value for key, value in _auto_label_specs(spec).items()
+                  if key not in specs})
   return specs
 
 
@@ -262,11 +317,12 @@ def padding_example(spec: DatasetSpec) -> dict[str, Any]:
   """The example that fills a partial batch (its `valid` is False in the batch).
 
   Masks are all False, ids -1, individual V/A NaN (= unlabelled, as in any empty slot); clip-level
-  labels are 0 (not -1/NaN) so that a loss multiplied by `valid` stays finite.
+  labels are 0 (not -1/NaN) so that a loss multiplied by `valid` stays finite. Its keys are those
+  a reader gives (`read_array_specs`).
   """
   out: dict[str, Any] = {key: "" for key in STRING_KEYS}
   for key in byte_keys(spec):
     out[key] = np.full(_byte_shape(spec, key), b"", dtype=object)
-  for key, (shape, dtype) in array_specs(spec).items():
+  for key, (shape, dtype) in read_array_specs(spec).items():
     out[key] = np.full(shape, FILL_VALUES.get(key, 0), dtype=dtype)
   return out

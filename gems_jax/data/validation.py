@@ -7,6 +7,10 @@ The rules beyond dtypes and shapes (decided here, recorded in the contract):
     face_boxes 0, face_scores 0, face_track -1, individual_emotion -1, individual V/A NaN.
   * A real slot: a JPEG of S x S RGB (header checked), finite box with x1 <= x2, y1 <= y2, score in
     [0, 1], track >= 0, individual_emotion in [-1, num_emotions), individual V/A NaN or in range.
+  * Automatic labels (a dataset with an `individual_labels` labeller): an empty slot holds
+    individual_emotion_probs 0 and individual_emotion_auto False; a real slot's probabilities are
+    in [0, 1] and sum to 1 (the labeller saw every detected face); where the flag is True,
+    individual_emotion is their argmax.
   * A text part that is absent (text_mask False) has an all-zero embedding row.
   * group_emotion and group_category are always present (class ids in range). valence, arousal,
     situational_emotion and situation may be missing (a partially labelled clip), marked by
@@ -122,11 +126,28 @@ def _validate_faces(clip: str, out: dict[str, Any], example: Mapping[str, Any], 
   for key, (lo, hi) in (("individual_valence", spec.valence_range),
                         ("individual_arousal", spec.arousal_range)):
     _check_range(clip, key, out[key], lo, hi, face & ~np.isnan(out[key]))
+  if "individual_emotion_auto" in out:
+    _validate_auto_labels(clip, out)
   if spec.storage == "crops":
     _check_images(clip, "faces", example["faces"], face, spec.face_size, spec.face_size)
     out["faces"] = np.array(example["faces"], dtype=object)
   else:
     _check_embedding(clip, "face_embedding", out["face_embedding"], face)
+
+
+def _validate_auto_labels(clip: str, out: dict[str, Any]):
+  face, probs = out["face_mask"], out["individual_emotion_probs"]
+  auto = out["individual_emotion_auto"]
+  _check_fill(clip, "individual_emotion_probs", probs, ~face, 0.0, "empty slots (face_mask False)")
+  _check_fill(clip, "individual_emotion_auto", auto, ~face, False, "empty slots (face_mask False)")
+  _check_range(clip, "individual_emotion_probs", probs, 0.0, 1.0, face)
+  sums = probs[face].sum(-1)
+  if np.any(np.abs(sums - 1) > 1e-3):
+    _fail(clip, "individual_emotion_probs", f"a real slot's probabilities must sum to 1, got "
+          f"{sums[np.abs(sums - 1) > 1e-3][0]}")
+  if np.any(out["individual_emotion"][auto] != probs[auto].argmax(-1)):
+    _fail(clip, "individual_emotion", "where individual_emotion_auto is True it must be the argmax "
+          "of individual_emotion_probs")
 
 
 def _check_embedding(clip: str, key: str, embedding: np.ndarray, real: np.ndarray):

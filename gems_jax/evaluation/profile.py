@@ -3,9 +3,13 @@
 `build_profile` turns the model outputs of a single clip (batch of 1) into a JSON-able dict:
 per sampled frame the faces with box, track id and individual-emotion probabilities; for the clip
 the group emotion distribution, category, valence, arousal, situational emotions and situation,
-with class names from the dataset spec. `contact_sheet` draws the sampled frames with boxes and
-per-face labels beside the clip-level profile.
+with class names from the dataset spec. `face_emotions` says which model labelled the faces: this
+run's face encoder (its individual-emotion head), or a pretrained labeller whose probabilities
+replace the head's (per-face valence and arousal always come from the run). `contact_sheet` draws
+the sampled frames with boxes and per-face labels beside the clip-level profile and that source.
 """
+import textwrap
+
 import numpy as np
 
 from gems_jax.evaluation.predictions import _softmax
@@ -15,14 +19,21 @@ def _named(probs: np.ndarray, names) -> dict[str, float]:
   return {name: round(float(p), 4) for name, p in zip(names, probs)}
 
 
-def build_profile(outputs: dict, example: dict, spec, *, multilabel: bool, video: str) -> dict:
-  """outputs: model outputs for batch 1 (numpy); example: the extracted clip (numpy, no batch dim)."""
+def build_profile(outputs: dict, example: dict, spec, *, multilabel: bool, video: str,
+                  face_emotions: dict, face_probs: np.ndarray | None = None) -> dict:
+  """outputs: model outputs for batch 1 (numpy); example: the extracted clip (numpy, no batch dim).
+
+  face_emotions: the profile's `face_emotions` entry ({"source": "model" | "pretrained",
+  "labelled_by": "faces labelled by ...", ...}); face_probs float32 [T, K, V]: the pretrained
+  labeller's probabilities over spec.emotion_names, used instead of outputs' individual_emotion.
+  """
   face_mask, step_mask = example["face_mask"], example["step_mask"]
   frames = []
   for t in np.flatnonzero(step_mask):
     faces = []
     for k in np.flatnonzero(face_mask[t]):
-      probs = _softmax(outputs["individual_emotion"][0, t, k])
+      probs = (face_probs[t, k] if face_probs is not None
+               else _softmax(outputs["individual_emotion"][0, t, k]))
       faces.append({
           "box": [round(float(v), 1) for v in example["face_boxes"][t, k]],
           "score": round(float(example["face_scores"][t, k]), 4),
@@ -53,7 +64,7 @@ def build_profile(outputs: dict, example: dict, spec, *, multilabel: bool, video
       "situation_probabilities": _named(situation, spec.situation_names)}
   profile = {"video": video, "description": str(example.get("description", "")),
              "num_sampled_frames": int(step_mask.sum()), "num_faces": num_faces,
-             "clip": clip, "frames": frames}
+             "face_emotions": face_emotions, "clip": clip, "frames": frames}
   if num_faces == 0:
     profile["note"] = ("no faces were detected: the clip-level profile comes from the context "
                        "(the scene description) alone")
@@ -91,7 +102,8 @@ def contact_sheet(path: str, frames: np.ndarray, scale: float, profile: dict) ->
            f"valence: {clip['valence']:+.2f}   arousal: {clip['arousal']:+.2f}",
            f"situation: {clip['situation']}",
            "situational emotions:", *(f"   {s}" for s in clip["situational_emotions"] or ["(none)"]),
-           "", f"faces: {profile['num_faces']} in {profile['num_sampled_frames']} frames"]
+           "", f"faces: {profile['num_faces']} in {profile['num_sampled_frames']} frames",
+           *textwrap.wrap(profile["face_emotions"]["labelled_by"], 34)]
   if "note" in profile:
     lines += ["", "no faces detected:", "profile from context alone"]
   ax = fig.add_subplot(grid[:, cols])

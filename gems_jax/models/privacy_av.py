@@ -226,6 +226,7 @@ class AudioVisualModel(nn.Module):
     from gems_jax.models.vit import create_vit
     ve = self.config.video_encoder
     vit = create_vit(ve.name, num_classes=0, dtype=jnp.dtype(ve.dtype),
+                     remat_chunk=ve.get("remat_chunk", 0),  # Configs saved before it have none.
                      **dict(ve.overrides)).clone(parent=self, name="video_encoder")
     return vit(normalize_frames(frames, ve.mean, ve.std), train=train).astype(jnp.float32)
 

@@ -16,7 +16,7 @@ from gems_jax.data.spec import FILL_VALUES, STRING_KEYS
 # Keys whose axis 1 is the step axis T.
 STEP_KEYS = ("frame_index", "step_mask", "faces", "face_embedding", "face_boxes", "face_scores",
              "face_track", "face_mask", "individual_emotion", "individual_valence",
-             "individual_arousal")
+             "individual_arousal", "individual_emotion_probs", "individual_emotion_auto")
 
 
 def fit_steps(batch: Mapping[str, np.ndarray], num_steps: int) -> dict[str, np.ndarray]:

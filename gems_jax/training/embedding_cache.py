@@ -216,7 +216,9 @@ def _build(config, cached_spec, encoder, chunks: _ChunkEncoder, workdir: str, ke
   and `encode_seconds`, the wall time of the streaming pass (reading and decoding clips, encoding,
   writing; the encoder's compilation is `compile_seconds`), so images/s is what a user gets.
   """
-  splits = {split: _split_examples(config, split, encoder, chunks)
+  stored = set(spec_lib.example_keys(cached_spec))  # Not the defaults a reader adds (spec.py).
+  splits = {split: ({k: v for k, v in example.items() if k in stored}
+                    for example in _split_examples(config, split, encoder, chunks))
             for split in input_pipeline.split_names(config.input.data_dir)}
   if jax.process_index() != 0:
     for examples in splits.values():
