@@ -8,8 +8,11 @@ r"""The end-to-end demo (`./run.sh` or `./run.sh demo`): the whole pipeline on a
   4. stage 2: train GEMS with that encoder frozen (embeddings cached once), select on val, once per
      seed of --stage2_seeds (seed, seed + 1, ...), so the report gives the spread of the training;
   5. evaluate each best checkpoint on the held-out test split, beside the majority baselines;
-  6. profile the real clip ../shared/data/crowd_4s.mp4 (when present) with `gems_jax.predict` as a user
-     runs it: once without a description and once with CROWD_DESCRIPTION (its --description flag).
+  6. the second model family (gems_jax/demo_av.py): the privacy-compliant audio-visual model on the
+     same clips' whole frames and sound, audio only, video only and fusion, beside the baselines;
+  7. profile the real clip ../shared/data/crowd_4s.mp4 (when present) with `gems_jax.predict` as a user
+     runs it: GEMS once without a description and once with CROWD_DESCRIPTION (its --description
+     flag), and the audio-visual fusion model (sound and whole frames, no face).
 Everything lands in --workdir (default runs/demo); the report is <workdir>/report/README.md and
 report.json, both with the run's provenance (seed, commit, machine, UTC time, command line).
 Steps whose outputs exist are reused, so a rerun is quick; --fresh starts over.
@@ -25,6 +28,7 @@ from absl import app, flags, logging
 
 from configs import face_emotion as face_config
 from configs import gems as gems_config
+from gems_jax import demo_av
 from gems_jax.evaluation import report as report_lib
 
 FLAGS = flags.FLAGS
@@ -64,7 +68,8 @@ def build_data(workdir: str, num_clips: int, seed: int) -> str:
        "--individual", os.path.join(raw, "individual.csv"), "--data_dir", data,
        "--name", "gems_synthetic", "--num_frames", str(NUM_FRAMES), "--max_faces", str(MAX_FACES),
        "--face_size", str(FACE_SIZE), "--detect_max_side", "640",
-       "--text_encoder", text_encoder_path(), "--workers", "2"], "preprocessing")
+       "--text_encoder", text_encoder_path(), "--workers", "2", *demo_av.build_flags()],
+      "preprocessing")
   return data
 
 
@@ -112,9 +117,9 @@ def train_once(config, workdir: str, what: str) -> str:
   return workdir
 
 
-def profile_clip(gems_run: str, video: str, description: str, out: str) -> dict:
+def profile_clip(run_dir: str, video: str, description: str, out: str) -> dict:
   """`python -m gems_jax.predict` on `video`, as a user runs it; returns its profile.json."""
-  args = ["-m", "gems_jax.predict", "--workdir", gems_run, "--video", video, "--out", out]
+  args = ["-m", "gems_jax.predict", "--workdir", run_dir, "--video", video, "--out", out]
   run(args + (["--description", description] if description else []), f"profile of {video}")
   with open(os.path.join(out, "profile.json")) as f:
     return json.load(f)
@@ -161,8 +166,19 @@ def profile_rows(profiles: dict[str, dict]) -> list[str]:
   return lines
 
 
+def face_emotion_lines(profiles: dict[str, dict]) -> list[str]:
+  """Which model labelled the faces of the profiles (predict's --face_emotions), as a paragraph."""
+  sources = {p["face_emotions"]["labelled_by"]: p["face_emotions"] for p in profiles.values()
+             if "face_emotions" in p}
+  if not sources:
+    return []
+  notes = sorted({s["note"] for s in sources.values() if "note" in s})
+  return [f"Per-face emotions: {'; '.join(sources)} ({next(iter(sources.values()))['rule']})."
+          + "".join(f" {note}." for note in notes), ""]
+
+
 def write_report(workdir: str, run_dirs: list[str], profiles: dict[str, dict], provenance: dict,
-                 seconds: dict[str, float]) -> str:
+                 seconds: dict[str, float], av_runs: dict[str, str], av_profile: dict | None) -> str:
   """report/README.md and report.json: provenance and wall times, test metrics with their spread over
   the stage-2 seeds beside the majority baselines, plots of the first seed, the real clip's profiles."""
   report = os.path.join(workdir, "report")
@@ -190,17 +206,21 @@ def write_report(workdir: str, run_dirs: list[str], profiles: dict[str, dict], p
     lines += ["", f"## The real clip `{video}` (model of the first seed)", "",
               "Profiled by `python -m gems_jax.predict` without a description, then with this one "
               "(`--description`):", "", f"> {CROWD_DESCRIPTION}", "", *profile_rows(profiles), "",
+              *face_emotion_lines(profiles),
               "A model trained on drawn faces and on ten synthetic situations: this shows the pipeline "
               "working on real footage, not a validated judgement.", "",
               "![without description](crowd/contact_sheet.png)",
               "![with description](crowd_described/contact_sheet.png)"]
+  av_lines, av_summary = demo_av.report_section(av_runs, av_profile)
+  lines += ["", *av_lines]
   path = os.path.join(report, "README.md")
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")
   summary = {"provenance": provenance, "seconds": seconds, "test_clips": n, "stage2_runs": run_dirs,
              "test": {"runs": [report_lib.headline(r) for r in runs], "spread": spread},
              "real_clip": {"description": CROWD_DESCRIPTION,
-                           "profiles": {k: p["clip"] for k, p in profiles.items()}}}
+                           "profiles": {k: p["clip"] for k, p in profiles.items()}},
+             "audio_visual": av_summary}
   with open(os.path.join(report, "report.json"), "w") as f:
     json.dump(report_lib.to_jsonable(summary), f, indent=1)
   print("\n".join(table))
@@ -222,16 +242,21 @@ def main(argv):
                          os.path.join(workdir, "gems" if k == 0 else f"gems_seed{FLAGS.seed + k}"),
                          f"stage 2 (GEMS), seed {FLAGS.seed + k}") for k in range(FLAGS.stage2_seeds)]
   seconds["stage2"] = time.time() - start - sum(seconds.values())
+  av_runs = demo_av.train_modes(data, workdir, FLAGS.seed, train_once)
+  seconds["audio_visual"] = time.time() - start - sum(seconds.values())
   profiles = {}
   if os.path.exists(FLAGS.video):
     for name, description, out in (("no description", "", "crowd"),
                                    ("with the description", CROWD_DESCRIPTION, "crowd_described")):
       profiles[name] = profile_clip(run_dirs[0], FLAGS.video, description,
                                     os.path.join(workdir, "report", out))
+    av_profile = profile_clip(av_runs["fusion"], FLAGS.video, "",
+                              os.path.join(workdir, "report", "crowd_audio_visual"))
   else:
     logging.warning("real clip %s not found; skipping the prediction on real video", FLAGS.video)
+    av_profile = None
   seconds["real_clip"] = time.time() - start - sum(seconds.values())
-  path = write_report(workdir, run_dirs, profiles, provenance, seconds)
+  path = write_report(workdir, run_dirs, profiles, provenance, seconds, av_runs, av_profile)
   print(f"\nDemo finished in {time.time() - start:.0f} s. Report: {path}")
 
 

@@ -110,8 +110,16 @@ def test_demo_report_carries_provenance_spread_and_both_profiles(tmp_path):
           'situation': 'concert', 'situational_emotions': ['excitement']}
   profiles = {name: {'video': '/x/crowd_4s.mp4', 'num_faces': 38, 'num_sampled_frames': 8, 'clip': clip}
               for name in ('no description', 'with the description')}
-  path = demo.write_report(str(tmp_path), runs, profiles, report.provenance(seed=0), {'data': 1.0})
+  av_runs = {mode: _fake_run(tmp_path, f'av_{mode}', first) for mode in ('audio', 'video', 'fusion')}
+  av_profile = {'clip': {'group_category': 'neutral', 'group_category_probabilities': {
+      'positive': 0.2, 'neutral': 0.7, 'negative': 0.1}}, 'has_audio': True, 'faces_used': False}
+  path = demo.write_report(str(tmp_path), runs, profiles, report.provenance(seed=0), {'data': 1.0},
+                           av_runs, av_profile)
   text = open(path).read()
+  category = first['group_category']['model']
+  assert f"| fusion | {category['accuracy']:.3f} | {category['macro_f1']:.3f} | {category['uar']:.3f} |" in text
+  assert '| Augusma et al. 2023 (this model, CLIP ViT-L/14 + audio CNN) | 75.13 |' in text
+  assert '**neutral** (positive 0.20, neutral 0.70, negative 0.10); sound used: True, faces used: False' in text
   assert 'Run of ' in text and 'seed 0' in text and 'mean ± sd over 2 seeds' in text
   accuracy = first['group_emotion']['model']['accuracy']
   assert f'| group_emotion | accuracy | {accuracy:.3f} | {accuracy + 0.05:.3f} ± 0.071 ' in text
@@ -120,3 +128,4 @@ def test_demo_report_carries_provenance_spread_and_both_profiles(tmp_path):
   saved = json.loads((tmp_path / 'report' / 'report.json').read_text())
   assert saved['provenance']['seed'] == 0 and saved['test']['spread']['group_emotion/accuracy']['n'] == 2
   assert set(saved['real_clip']['profiles']) == set(profiles)
+  assert set(saved['audio_visual']['test']) == {'audio', 'video', 'fusion'}
