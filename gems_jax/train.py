@@ -115,7 +115,7 @@ class Trainer:
         cfg.input.data_dir, split, batch_size=shd.per_process_batch_size(
             cfg.eval.batch_size, self.mesh, key="config.eval.batch_size"),
         shuffle=False, seed=0, num_epochs=1, shard_index=jax.process_index(),
-        shard_count=jax.process_count(), decode_faces=self.decode_faces,
+        shard_count=jax.process_count(), decode=self.image_keys,
         worker_count=cfg.input.worker_count)
     acc = self.task.metrics()
     loss_sums, count, rows = {}, 0.0, []
@@ -137,8 +137,9 @@ class Trainer:
     return result, rows
 
   @property
-  def decode_faces(self) -> bool:
-    return self.spec.storage == "crops"
+  def image_keys(self) -> tuple[str, ...]:
+    """The JPEG keys the model reads (decoded by the input pipeline; the others are dropped)."""
+    return tuple(k for k in self.task.required_keys() if k in input_pipeline.IMAGE_KEYS)
 
 
 def class_names(spec) -> dict[str, tuple[str, ...]]:
@@ -235,7 +236,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       input_pipeline.make_iterator, config.input.data_dir, config.input.train_split,
       batch_size=shd.per_process_batch_size(config.input.batch_size, mesh), shuffle=True,
       seed=config.seed, num_epochs=None, shard_index=jax.process_index(),
-      shard_count=jax.process_count(), decode_faces=trainer.decode_faces,
+      shard_count=jax.process_count(), decode=trainer.image_keys,
       worker_count=config.input.worker_count)
   train_iter = make_train_iter()
   rng = jax.random.key(config.seed)
@@ -340,7 +341,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   it = input_pipeline.make_iterator(
       config.input.data_dir, config.input.eval_split, batch_size=shd.per_process_batch_size(
           config.eval.batch_size, mesh, key="config.eval.batch_size"), shuffle=False, seed=0,
-      num_epochs=1, decode_faces=trainer.decode_faces)
+      num_epochs=1, decode=trainer.image_keys)
   sample, _ = trainer.task.prepare_batch(next(iter(it)))
   state = trainer.init_state(sample, jax.random.key(config.seed))
   ckpt = checkpointing.Checkpoints(workdir, keep=config.checkpoint.keep)

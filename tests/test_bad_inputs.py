@@ -104,9 +104,9 @@ def test_hung_clip_times_out_and_the_build_goes_on(odd):
 def test_partially_labelled_clips_are_kept_and_masked_in_the_losses(odd):
   root, _ = odd
   batch = next(input_pipeline.iterate_split_once(root / "data", "test", batch_size=2,
-                                                 decode_faces=False))
+                                                 decode=()))
   train = next(input_pipeline.iterate_split_once(root / "data", "train", batch_size=1,
-                                                 decode_faces=False))
+                                                 decode=()))
   assert list(batch["clip_id"]) == ["82_1", "83_1"] and train["clip_id"][0] == "81_1"
   assert np.isnan(batch["arousal"][0]) and batch["situation"][0] == -1
   assert batch["valence"][0] == 0.5 and batch["situational_emotion"][0].nonzero()[0].tolist() == [4]
@@ -134,7 +134,7 @@ def test_predict_extracts_as_the_build_did_from_another_directory(odd, encoder, 
   monkeypatch.chdir(tmp_path)
   record = predict.extract(str(root / "videos" / "81_1.mp4"), DESCRIPTION, spec, str(tmp_path))
   train = next(input_pipeline.iterate_split_once(root / "data", "train", batch_size=1,
-                                                 decode_faces=False))
+                                                 decode=()))
   assert record["text_mask"].all()
   np.testing.assert_allclose(record["text_embedding"], train["text_embedding"][0], atol=1e-5)
 
@@ -177,7 +177,7 @@ def _dataset(data_dir):
   out = {}
   for split in input_pipeline.split_names(data_dir):
     for batch in input_pipeline.iterate_split_once(data_dir, split, batch_size=1,
-                                                   decode_faces=False):
+                                                   decode=()):
       out[batch["clip_id"][0]] = {k: v[0] for k, v in batch.items()}
   return out
 

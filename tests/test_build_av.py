@@ -134,7 +134,7 @@ def _examples(data_dir) -> dict[str, dict]:
   out = {}
   for split in input_pipeline.split_names(data_dir):
     for batch in input_pipeline.iterate_split_once(data_dir, split, batch_size=1,
-                                                   decode_faces=False):
+                                                   decode=("whole_frames",)):
       out[batch["clip_id"][0]] = {key: value[0] for key, value in batch.items()}
   return out
 

@@ -75,7 +75,7 @@ def test_roundtrip_every_key_per_clip(written):
     stored = [source[i] for i in range(len(source))]
     assert [r["clip_id"].decode() for r in stored] == [e["clip_id"] for e in examples]  # Order.
     batches = list(input_pipeline.iterate_split_once(path, split, batch_size=4,
-                                                     decode_faces=False))
+                                                     decode=()))
     seen = set()
     for batch in batches:
       for i in np.flatnonzero(batch["valid"]):
@@ -110,7 +110,7 @@ def test_decoded_faces_match_the_jpegs(written):
         else:
           assert not batch["faces"][i, t, k].any()
   assert "faces" not in next(input_pipeline.iterate_split_once(path, "val", batch_size=2,
-                                                               decode_faces=False))
+                                                               decode=()))
   assert "clip_id" not in next(input_pipeline.iterate_split_once(path, "val", batch_size=2,
                                                                  keep_strings=False))
 

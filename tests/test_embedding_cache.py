@@ -1,6 +1,8 @@
 """The embedding cache of a frozen image encoder (GEMS's face encoder here): equal to the encoder
 applied face by face, the same on any mesh and chunk size, keyed on content (labels, encoder
 weights), atomic, and with a bounded encoder call."""
+import dataclasses
+import io
 import json
 import os
 import pathlib
@@ -12,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from configs import gems as gems_config
 from gems_jax.data import input_pipeline
@@ -165,6 +168,42 @@ def test_cache_equals_face_by_face_encoding_on_any_mesh_and_chunk(
   assert info["num_images"] == num_faces and info["encode_seconds"] > 0
   assert (info["chunk"], info["devices"]) == (used, devices)
   assert info["encoder_calls"] == len(encoder_calls)
+
+
+def _with_whole_frames(examples: dict, spec) -> dict:
+  """The examples of `examples` plus 2 whole frames each (random pixels, JPEG) of `spec`'s size."""
+  rng = np.random.default_rng(5)
+  out = {}
+  for split, clips in examples.items():
+    out[split] = []
+    for example in clips:
+      frames = np.empty(spec.num_whole_frames, dtype=object)
+      for t in range(spec.num_whole_frames):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (*spec.whole_frame_size, 3), dtype=np.uint8)
+                        ).save(buf, format="JPEG")
+        frames[t] = buf.getvalue()
+      out[split].append({**example, "whole_frames": frames,
+                         "whole_frame_index": np.array([0, 4], np.int32),
+                         "whole_frame_mask": np.ones(spec.num_whole_frames, bool)})
+  return out
+
+
+def test_a_faces_dataset_with_whole_frames_keeps_them_in_the_cache(tmp_path, stage1, reference):
+  """The demo's dataset (faces and whole frames, for both model families): the face cache copies
+  the whole frames as the JPEG bytes they are (an earlier cache wrote decoded pixels and failed)."""
+  spec = dataclasses.replace(SPEC, num_whole_frames=2, whole_frame_size=(8, 12))
+  examples = _with_whole_frames(_examples(), spec)
+  source = str(tfds_writer.write_dataset(tmp_path / "source", spec, examples))
+  out = embedding_cache.prepare_input(_config(source, stage1[0]), str(tmp_path / "run"))
+  for split in SPLITS:
+    cached = _read(out.input.data_dir, split)
+    np.testing.assert_allclose(cached["face_embedding"], reference[split], atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(cached["whole_frames"], _read(source, split)["whole_frames"])
+    raw = next(iter(input_pipeline.iterate_split_once(
+        out.input.data_dir, split, batch_size=SPLITS[split], decode=(), keep_jpeg=True)))
+    assert raw["whole_frames"].tolist() == [list(e["whole_frames"]) for e in examples[split]]
+    assert "faces" not in raw
 
 
 def test_calls_grow_with_the_dataset_but_not_their_size(tmp_path, stage1, encoder_calls):

@@ -182,7 +182,7 @@ def test_rerun_reuses_the_cache_and_joins_new_labels(built, raw, encoder):
   assert {p: p.stat().st_mtime_ns for p in cached} == cached
   assert report["clips"]["70_1"]["individual_labels"] == 1
   batch = next(input_pipeline.iterate_split_once(data_dir, "train", batch_size=1,
-                                                 decode_faces=False))
+                                                 decode=()))
   assert batch["individual_emotion"][0, t, 0] == 6 and batch["individual_valence"][0, t, 0] == 0.5
   assert (batch["individual_emotion"][0] >= 0).sum() == 1
 

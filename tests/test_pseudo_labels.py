@@ -104,7 +104,7 @@ def test_faces_without_a_human_emotion_get_the_labellers_and_humans_win(built, r
   work = next((data_dir / "_work").glob("media-*"))
   totals = {"human": 0, "automatic": 0, "unlabelled": 0}
   for batch in input_pipeline.iterate_split_once(data_dir, "train", batch_size=1,
-                                                 decode_faces=False):
+                                                 decode=()):
     clip = batch["clip_id"][0]
     media = npz_records.load(work / f"{clip}.npz")
     mask = media["face_mask"]

@@ -7,9 +7,11 @@
 
 Batches follow the schema in `gems_jax/data/spec.py`: the example keys stacked over a leading dim b
 (the automatic-label keys a 'faces' dataset does not store hold their fill values:
-`spec.read_array_specs`), `faces` decoded to uint8 [b, T, K, S, S, 3] (zeros for empty slots;
-dropped when decode_faces=False), `whole_frames` to uint8 [b, T_v, H, W, 3],
-strings as numpy object arrays (dropped when keep_strings=False), plus `valid` bool [b].
+`spec.read_array_specs`), the image keys named in `decode` (default: all the dataset stores)
+decoded, `faces` to uint8 [b, T, K, S, S, 3] and `whole_frames` to uint8 [b, T_v, H, W, 3] (zeros
+for empty slots); the other image keys dropped, or kept as JPEG bytes (object arrays [b, *slots])
+with keep_jpeg=True; strings as numpy object arrays (dropped when keep_strings=False); plus
+`valid` bool [b]. A model decodes only the images it reads (`Task.required_keys`).
 
 Index plan (`ShardPlan`): each epoch orders the N examples (in storage order, or a permutation
 drawn from (seed, epoch) when shuffling; the same on every host), and shard s of n takes the
@@ -38,7 +40,7 @@ import math
 import os
 import pathlib
 import sys
-from typing import Any
+from typing import Any, Collection
 
 import grain
 import numpy as np
@@ -158,14 +160,14 @@ def _record_to_example(record: dict[str, Any], spec: spec_lib.DatasetSpec,
 
 
 # JPEG key -> (its mask key, (height, width) of an image).
-_IMAGE_KEYS = {"faces": ("face_mask", lambda spec: (spec.face_size,) * 2),
+IMAGE_KEYS = {"faces": ("face_mask", lambda spec: (spec.face_size,) * 2),
                "whole_frames": ("whole_frame_mask", lambda spec: spec.whole_frame_size)}
 
 
 def _decode_images(examples: list[dict[str, Any]], spec: spec_lib.DatasetSpec, key: str
                    ) -> np.ndarray:
   """JPEG bytes [b, *slots] -> uint8 [b, *slots, H, W, 3] (zeros where the mask is False)."""
-  mask_key, size = _IMAGE_KEYS[key]
+  mask_key, size = IMAGE_KEYS[key]
   shape = (*size(spec), 3)
   out = np.zeros((len(examples), *examples[0][mask_key].shape, *shape), np.uint8)
   for b, example in enumerate(examples):
@@ -186,10 +188,11 @@ def _decode_images(examples: list[dict[str, Any]], spec: spec_lib.DatasetSpec, k
 class MakeBatch(grain.transforms.Map):
   """Batch number -> batch dict; module level and picklable for grain worker processes."""
 
-  def __init__(self, source, spec: spec_lib.DatasetSpec, plan: ShardPlan, decode_faces: bool,
-               keep_strings: bool):
+  def __init__(self, source, spec: spec_lib.DatasetSpec, plan: ShardPlan,
+               decode: Collection[str] | None, keep_jpeg: bool, keep_strings: bool):
     self._source, self._spec, self._plan = source, spec, plan
-    self._decode_faces, self._keep_strings = decode_faces, keep_strings
+    self._decode = None if decode is None else frozenset(decode)
+    self._keep_jpeg, self._keep_strings = keep_jpeg, keep_strings
 
   def map(self, element: int) -> dict[str, np.ndarray]:
     indices = self._plan.batch_indices(element)
@@ -204,15 +207,18 @@ class MakeBatch(grain.transforms.Map):
       for key in spec_lib.STRING_KEYS:
         batch[key] = np.array([e[key] for e in examples], dtype=object)
     for key in spec_lib.byte_keys(self._spec):
-      if key == "whole_frames" or self._decode_faces:
+      if self._decode is None or key in self._decode:
         batch[key] = _decode_images(examples, self._spec, key)
+      elif self._keep_jpeg:
+        batch[key] = np.stack([e[key] for e in examples])
     batch["valid"] = valid
     return batch
 
 
 def make_iterator(data_dir: str | os.PathLike, split: str, *, batch_size: int,
                   shuffle: bool, seed: int, num_epochs: int | None,
-                  shard_index: int = 0, shard_count: int = 1, decode_faces: bool = True,
+                  shard_index: int = 0, shard_count: int = 1,
+                  decode: Collection[str] | None = None, keep_jpeg: bool = False,
                   worker_count: int = 0, keep_strings: bool = True) -> grain.DatasetIterator:
   """A grain iterator over batches of this shard (`batch_size` per process).
 
@@ -228,7 +234,7 @@ def make_iterator(data_dir: str | os.PathLike, split: str, *, batch_size: int,
   plan = ShardPlan(len(source), batch_size, shard_index, shard_count, shuffle, seed, num_epochs)
   length = sys.maxsize if plan.num_batches is None else plan.num_batches
   batches = grain.MapDataset.range(length).map(
-      MakeBatch(source, spec, plan, decode_faces, keep_strings))
+      MakeBatch(source, spec, plan, decode, keep_jpeg, keep_strings))
   dataset = batches.to_iter_dataset(
       grain.ReadOptions(num_threads=2, prefetch_buffer_size=_PREFETCH_BATCHES))
   if worker_count > 0:
@@ -242,10 +248,11 @@ def make_iterator(data_dir: str | os.PathLike, split: str, *, batch_size: int,
 
 
 def iterate_split_once(data_dir: str | os.PathLike, split: str, *, batch_size: int,
-                       shard_index: int = 0, shard_count: int = 1, decode_faces: bool = True,
+                       shard_index: int = 0, shard_count: int = 1,
+                       decode: Collection[str] | None = None, keep_jpeg: bool = False,
                        worker_count: int = 0, keep_strings: bool = True) -> grain.DatasetIterator:
   """One ordered, padded pass over this shard of `split` (evaluation; see `make_iterator`)."""
   return make_iterator(data_dir, split, batch_size=batch_size, shuffle=False, seed=0,
                        num_epochs=1, shard_index=shard_index, shard_count=shard_count,
-                       decode_faces=decode_faces, worker_count=worker_count,
+                       decode=decode, keep_jpeg=keep_jpeg, worker_count=worker_count,
                        keep_strings=keep_strings)

@@ -175,16 +175,19 @@ def _split_examples(config, split: str, encoder, chunks: _ChunkEncoder):
   With n processes, process p reads clips p, p + n, p + 2n, ... (the input pipeline's shards) in
   batches of b, so batch j of all processes together holds clips j*b*n ... (j+1)*b*n - 1: process 0
   reads those again, undecoded, for their labels and strings (row r of process p is row r*n + p).
+  Images other than the encoded ones (a faces dataset's whole frames, say) stay JPEG bytes and are
+  copied into the cache as they are.
   Every shard yields the same number of (padded) batches, so all processes call the encoder alike.
   """
   n, me = jax.process_count(), jax.process_index()
   data_dir, b = config.input.data_dir, max(1, config.eval.batch_size // n)
   mine = input_pipeline.iterate_split_once(data_dir, split, batch_size=b, shard_index=me,
-                                           shard_count=n, keep_strings=n == 1)
+                                           shard_count=n, decode=(encoder.image_key,),
+                                           keep_jpeg=n == 1, keep_strings=n == 1)
   together = None
   if me == 0 and n > 1:
-    together = input_pipeline.iterate_split_once(data_dir, split, batch_size=b * n,
-                                                 decode_faces=False)
+    together = input_pipeline.iterate_split_once(data_dir, split, batch_size=b * n, decode=(),
+                                                 keep_jpeg=True)
   for batch in mine:
     real = _real(batch, encoder.mask_key)
     rows = multihost_utils.process_allgather(chunks(batch[encoder.image_key], np.argwhere(real)))
