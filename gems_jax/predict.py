@@ -178,7 +178,7 @@ def face_emotion_source(config, spec, choice: str = "auto") -> dict:
     names = _emotion_datasets(config)
     synthetic = all(name.startswith(SYNTHETIC_PREFIX) for name in names)
     choice = "pretrained" if synthetic else "model"
-    rule = (f"auto: this run's per-face emotions were trained on {', '.join(names)}, "
+    rule = (f"auto: this run's per-face emotions were trained on {', '.join(dict.fromkeys(names))}, "
             + ("synthetic only" if synthetic else f"not only synthetic ({SYNTHETIC_PREFIX}*)"))
   else:
     rule = f"--face_emotions {choice}"

@@ -119,6 +119,7 @@ def test_demo_report_carries_provenance_spread_and_both_profiles(tmp_path):
   category = first['group_category']['model']
   assert f"| fusion | {category['accuracy']:.3f} | {category['macro_f1']:.3f} | {category['uar']:.3f} |" in text
   assert '| Augusma et al. 2023 (this model, CLIP ViT-L/14 + audio CNN) | 75.13 |' in text
+  assert "Above the majority baseline's accuracy: " in text
   assert '**neutral** (positive 0.20, neutral 0.70, negative 0.10); sound used: True, faces used: False' in text
   assert 'Run of ' in text and 'seed 0' in text and 'mean ± sd over 2 seeds' in text
   accuracy = first['group_emotion']['model']['accuracy']
