@@ -163,9 +163,8 @@ def machine_info() -> dict:
 
 
 def git_info() -> dict:
-  def git(*args):
-    proc = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
-    return proc.stdout.strip() if proc.returncode == 0 else None
-  status = git("status", "--porcelain")
-  changed = status.splitlines() if status else []
-  return {"commit": git("rev-parse", "HEAD"), "dirty": bool(changed), "changed": changed[:60]}
+  """The commit and the (first 60) changed paths of the checkout (gems_jax's report provenance)."""
+  from gems_jax.evaluation import report  # Here: the stage runner itself imports no gems_jax.
+  state = report.git_state()
+  changed = state["uncommitted"] or []
+  return {"commit": state["commit"], "dirty": bool(changed), "changed": changed[:60]}

@@ -234,16 +234,20 @@ _PROVENANCE_KEYS = ('commit', 'uncommitted', 'cpu', 'cores', 'load_average', 'pl
                     'utc', 'command')
 
 
+def git_state() -> dict:
+  """{'commit': HEAD or None, 'uncommitted': the paths that differ from it (None outside git)}."""
+  status = _git('status', '--porcelain')
+  return {'commit': _git('rev-parse', 'HEAD'),
+          'uncommitted': None if status is None else [line[3:] for line in status.splitlines()]}
+
+
 def provenance(**extra) -> dict:
   """Where a report came from: the git commit and the files that differed from it, the CPU model and
   count, the load average when it started (other jobs slow timings down), platform, Python and JAX
   versions, UTC time and the command line, plus `extra` (e.g. seed=0).
   Figures of a run depend on all of these (the synthetic mp4 bytes and XLA's float paths on the CPU type),
   so a report that quotes figures carries them."""
-  status = _git('status', '--porcelain')
-  return {'commit': _git('rev-parse', 'HEAD'),
-          'uncommitted': None if status is None else [line[3:] for line in status.splitlines()],
-          'cpu': _cpu_model(), 'cores': os.cpu_count(),
+  return {**git_state(), 'cpu': _cpu_model(), 'cores': os.cpu_count(),
           'load_average': [round(x, 2) for x in os.getloadavg()], 'platform': platform.platform(),
           'python': platform.python_version(), 'jax': importlib.metadata.version('jax'),
           'utc': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC'),
