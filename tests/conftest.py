@@ -46,3 +46,15 @@ def planted_dir(tmp_path_factory) -> str:
             "val": planted.make_planted_examples(spec, 48, seed=2),
             "test": planted.make_planted_examples(spec, 60, seed=3)}  # 60: a partial last batch.
   return str(tfds_writer.write_dataset(root, spec, splits))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+  """torch on 1 thread for a module (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`):
+  MTCNN's and the FER networks' small ops gain little from a 2nd thread and slow down 5x when the
+  cores are shared."""
+  import torch
+  before = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(before)

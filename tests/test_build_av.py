@@ -279,19 +279,38 @@ def test_real_clip_builds_in_privacy_mode_with_its_sound(real_clip, encoder, tmp
   assert example["whole_frames"].std() > 20  # A real scene.
 
 
-def test_predict_on_a_privacy_audio_visual_run_uses_no_face(raw, encoder, tmp_path):
-  """Build (--privacy), train the audio-visual fusion model one epoch, predict a new clip: the
-  category distribution from frames and sound, no face used, the missing sound said."""
+def _converted_vit(config, directory) -> str:
+  """A converted-ViT checkpoint (as gems_jax.tools.convert_vit writes) of the config's ViT."""
+  import jax
+  import jax.numpy as jnp
+  from gems_jax.models.vit import create_vit
+  from gems_jax.training import checkpointing
+  ve = config.model.video_encoder
+  kwargs = {**dict(ve.overrides), "num_classes": 0}
+  variables = jax.device_get(create_vit(ve.name, **kwargs).init(
+      jax.random.key(1), jnp.zeros((1, config.input.frame_size, config.input.frame_size, 3))))
+  return str(checkpointing.save_converted(directory, ve.name, variables, kwargs, family="vit"))
+
+
+@pytest.mark.parametrize("variant", [
+    "mode=fusion",
+    pytest.param("mode=fusion,pooling=flatten,frozen=blocks", marks=pytest.mark.slow),
+    pytest.param("mode=video,frozen=all", marks=pytest.mark.slow)])  # Through the frame cache.
+def test_predict_on_a_privacy_audio_visual_run_uses_no_face(raw, encoder, tmp_path, variant):
+  """Build (--privacy), train an audio-visual model one epoch, predict a new clip: the category
+  distribution from frames and sound, no face used, the missing sound said."""
   from configs import privacy_av
   from gems_jax import train
   data_dir = tmp_path / "data"
   status, _ = run_privacy_build(raw, data_dir, encoder, "--whole_frames", "5",
                                 "--whole_frame_size", "32", "--audio_max_seconds", "3")
   assert status == 0
-  config = privacy_av.get_config("runlocal,mode=fusion")
+  config = privacy_av.get_config(f"runlocal,{variant}")
   config.input.data_dir = str(data_dir)
   config.input.batch_size = config.eval.batch_size = 8
   config.train.num_epochs = 1
+  if "frozen=all" in variant:  # Cached embeddings: predict takes the encoder from its checkpoint.
+    config.model.video_encoder.checkpoint = _converted_vit(config, tmp_path / "vit")
   workdir = tmp_path / "run"
   train.train_and_evaluate(config, str(workdir))
   names = input_pipeline.load_spec(data_dir).group_category_names

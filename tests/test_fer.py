@@ -21,12 +21,7 @@ MODELS = sorted(fer.MODELS)
 PARITY_TOL = 1e-5  # on the softmax; float32 torch against the float64 reference
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-  before = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import shutil
 import av
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from gems_jax.data import input_pipeline, npz_records
@@ -22,13 +21,7 @@ LABEL_KEYS = {"individual_emotion", "individual_valence", "individual_arousal", 
               "group_category", "valence", "arousal", "situational_emotion", "situation"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-  """MTCNN's small ops gain little from a 2nd thread and slow down 5x when the cores are shared."""
-  before = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_faceless_clip(path, frames=12, size=64, seed=0):

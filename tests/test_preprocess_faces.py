@@ -6,7 +6,6 @@ import json
 import av
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from gems_jax.data import npz_records
@@ -15,13 +14,7 @@ from preprocessing import extract, faces, text, tracking, video
 T = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-  """MTCNN's small ops gain little from a 2nd thread and slow down 5x when the cores are shared."""
-  before = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import sys
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-import torch
 from PIL import Image
 
 from configs import gems as gems_config
@@ -36,12 +35,7 @@ FLAGS = ["--num_frames", "4", "--max_faces", "4", "--face_size", "48", "--detect
 LABELLER = "fer_mini_xception"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-  before = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
