@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from benchmarks import paper
+from benchmarks import paper_report
 from benchmarks import stages
 
 
@@ -19,9 +20,10 @@ def _fake_run():
             _stage("timm", 30.0, 1.5, notes="5.00 images/s"),
             _stage("eval_best", 40.0, 3.0), _stage("eval_latest", 41.0, 3.0),
             _stage("predict", 70.0, 4.0)]
-  cache = paper.cache_figures({"num_images": 600, "encode_seconds": 150.0, "source": "x"}, 250.0)
+  cache = paper_report.cache_figures(
+      {"num_images": 600, "encode_seconds": 150.0, "source": "x"}, 250.0)
   timm = {"images_per_s": 5.0, "batch": 16}
-  ratio = paper.speed_ratio(cache["faces_per_s"], timm["images_per_s"])
+  ratio = paper_report.speed_ratio(cache["faces_per_s"], timm["images_per_s"])
   return stages, cache, timm, ratio
 
 
@@ -30,19 +32,19 @@ def test_cache_figures_and_the_ratio_to_timm():
   assert cache["ok"] and cache["faces_per_s"] == pytest.approx(4.0)
   assert cache["stage2_rest_s"] == pytest.approx(100.0)
   assert ratio == {"ratio": pytest.approx(0.8), "goal": 0.9, "met": False}
-  assert paper.speed_ratio(4.6, 5.0)["met"] is True
-  assert paper.speed_ratio(None, 5.0) == {"ratio": None, "goal": 0.9, "met": None}
+  assert paper_report.speed_ratio(4.6, 5.0)["met"] is True
+  assert paper_report.speed_ratio(None, 5.0) == {"ratio": None, "goal": 0.9, "met": None}
 
 
 def test_cache_figures_say_what_is_missing():
-  assert not paper.cache_figures(None, 10.0)["ok"]
-  missing = paper.cache_figures({"source": "x", "num_images": 3}, 10.0)
+  assert not paper_report.cache_figures(None, 10.0)["ok"]
+  missing = paper_report.cache_figures({"source": "x", "num_images": 3}, 10.0)
   assert not missing["ok"] and "encode_seconds" in missing["problem"]
 
 
 def test_table_rows_totals_and_verdict():
   stages, cache, timm, ratio = _fake_run()
-  table = paper.format_table(stages, cache, timm, ratio)
+  table = paper_report.format_table(stages, cache, timm, ratio)
   lines = table.splitlines()
   assert lines[0] == "| stage | wall s | cpu s | peak RSS GiB | notes |"
   assert "| stage1 | 300.0 | 450.0 | 9.50 |" in table
@@ -57,10 +59,11 @@ def test_report_json_and_failures():
   stages, cache, timm, ratio = _fake_run()
   stages[7] = _stage("predict", 12.0, 1.0, status="failed",
                      error="exit status 1\nTraceback (most recent call last):\nValueError: boom")
-  report = paper.assemble_report(command=["python", "-m", "benchmarks.paper"], settings={"clips": 8},
-                                 machine={"cpu_model": "fake", "cores": 2}, git={"commit": "abc"},
-                                 stages=stages, cache=cache, timm=timm, ratio=ratio, problems=[],
-                                 date_utc="2026-12-04 00:00:00 UTC")
+  report = paper_report.assemble_report(
+      command=["python", "-m", "benchmarks.paper"], settings={"clips": 8},
+      machine={"cpu_model": "fake", "cores": 2}, git={"commit": "abc"},
+      stages=stages, cache=cache, timm=timm, ratio=ratio, problems=[],
+      date_utc="2026-12-04 00:00:00 UTC")
   again = json.loads(json.dumps(report))  # JSON-ready.
   assert again["stages"][2]["name"] == "stage1" and again["stages"][2]["wall_s"] == 300.0
   assert again["cache_vs_timm"]["ratio"] == pytest.approx(0.8)

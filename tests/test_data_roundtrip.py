@@ -1,6 +1,7 @@
 """Dataset spec, validation, the TFDS ArrayRecord writer, the npz codec, the planted generator."""
 import io
 import json
+import tempfile
 
 import numpy as np
 import pytest
@@ -209,6 +210,16 @@ def test_writer_is_atomic_and_checks_splits(tmp_path):
   assert input_pipeline.num_examples(path, "train") == 6
   assert input_pipeline.num_examples(path, "test") == 2
   assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_writing_a_dataset_leaves_no_temporary_folder(tmp_path, monkeypatch):
+  temp = tmp_path / "temp"
+  temp.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(temp))
+  spec = planted.planted_spec(num_frames=3, max_faces=2, text_dim=4, embed_dim=4)
+  tfds_writer.write_dataset(tmp_path / "data", spec,
+                            {"train": planted.make_planted_examples(spec, 2, seed=0)})
+  assert not list(temp.iterdir())
 
 
 def test_planted_examples_are_valid_deterministic_and_follow_the_rules():

@@ -57,6 +57,18 @@ class _SplitChecker:
                        f"(pass allow_shared_sources=True to override)")
 
 
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+  """A DatasetInfo that never looks for a copy of itself on TFDS's GCS bucket.
+
+  A builder whose folder does not exist yet asks for one, and TFDS 4.9 makes a `/tmp/tmp*tfds`
+  folder for the answer even with GCS disabled, and leaves it behind: one per dataset written.
+  Our datasets are never on that bucket.
+  """
+
+  def initialize_from_bucket(self) -> None:
+    pass
+
+
 class _GemsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Generic builder; `_builder_class` subclasses it per spec so that TFDS sees `spec.name`."""
 
@@ -70,7 +82,7 @@ class _GemsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+    return _LocalDatasetInfo(
         builder=self, features=spec_lib.features(self.gems_spec), disable_shuffling=True,
         description=f"GEMS group-emotion clips ({self.gems_spec.storage}); see gems_meta.json.")
 
