@@ -48,7 +48,7 @@ case "$cmd" in
     exec "$PY" -m gems_jax.demo "$@" ;;
   bench)
     setup
-    name=${1:?usage: ./run.sh bench swin|vit|attention|train|av_train|preprocess|paper|fer|ablation|beam [ARGS]}
+    name=${1:?usage: ./run.sh bench swin|vit|attention|train|av_train|audio_cnn|preprocess|paper|fer|ablation|beam [ARGS]}
     shift
     exec "$PY" -m "benchmarks.$name" "$@" ;;
   python)

@@ -1,6 +1,7 @@
 """gems_jax.models.privacy_av (and audio_cnn, training.focal, configs/privacy_av.py) against small
-PyTorch reference modules written here from the paper's facts (arXiv 2312.05265), weights copied
-from torch to Flax, to 1e-5 in float32; masks, missing audio, gradients, dropout, configs."""
+PyTorch reference modules written from the paper's facts (arXiv 2312.05265; the audio CNN's is
+benchmarks.audio_cnn.torch_cnn, the benchmark's peer), weights copied from torch to Flax, to 1e-5
+in float32; masks, missing audio, gradients, dropout, configs."""
 import flax
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks.audio_cnn import cnn_params, torch_cnn
 from configs import privacy_av as privacy_config
 from gems_jax.models import audio_cnn, privacy_av
 from gems_jax.training import focal, losses
@@ -21,16 +23,6 @@ SMALL_CHANNELS = ((4, 8, 8), (8, 8, 8), (8, 16, 16), (16, 16, 16))  # The paper'
 
 
 # --- PyTorch references (from the facts, not from any code) -----------------------------------
-def torch_cnn(channels, pool_size=(1, 2)) -> nn.Sequential:
-  layers, c_in = [], 1
-  for block in channels:
-    for c in block:
-      layers += [nn.Conv2d(c_in, c, 3), nn.ReLU()]
-      c_in = c
-    layers.append(nn.MaxPool2d(2, 2))
-  return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(pool_size), nn.Flatten())
-
-
 class TorchTemporal(nn.Module):
   """Sinusoidal positions, pre-LN single-head attention (dropout 0.2) and FF (ReLU, dropout 0.5)."""
 
@@ -98,13 +90,6 @@ def j(t: torch.Tensor) -> jnp.ndarray:
 
 def dense(linear):
   return {"kernel": j(linear.weight.T), "bias": j(linear.bias)}
-
-
-def cnn_params(sequential, channels):
-  convs = [m for m in sequential if isinstance(m, nn.Conv2d)]
-  names = [f"conv{i}_{k}" for i, block in enumerate(channels) for k in range(len(block))]
-  return {name: {"kernel": j(c.weight.permute(2, 3, 1, 0)), "bias": j(c.bias)}
-          for name, c in zip(names, convs, strict=True)}
 
 
 def mha_params(mha):
