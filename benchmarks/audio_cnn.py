@@ -19,9 +19,12 @@ load from other processes hits both alike):
                  lax.conv_general_dilated), which shows where a difference in `train` comes from.
 GFLOP/s use FLOPs counted by torch.utils.flop_counter on the PyTorch side (2 per multiply-add).
 Parity, printed first: max |flax - torch| of the features and of the first kernel's gradient,
-relative to the largest value. The JSON adds the provenance (UTC time, command, git, machine, load).
+relative to the largest value; and both float32 gradients against PyTorch's in float64 on the first
+4 frames, which tells a Flax error from what float32 loses in the deep ReLU stack. The JSON adds
+the provenance (UTC time, command, git, machine, load).
 """
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -39,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.stages import git_info, machine_info
 from gems_jax.models import audio_cnn
 
+F64_FRAMES = 4  # Frames of the float64 check (the first of each case's input).
 HEAVY_CONV = dict(side=124, channels_in=64, channels_out=64)  # Block 1's last convolution.
 
 
@@ -84,6 +88,25 @@ def counted_flops(fn) -> float:
   return float(counter.get_total_flops())
 
 
+def first_kernel_grad_torch(ref: nn.Sequential, x: np.ndarray, dtype) -> np.ndarray:
+  """d sum(features^2) / d (first kernel), HWIO, of a `dtype` copy of `ref` on x [n, S, S]."""
+  model = copy.deepcopy(ref).to(dtype)
+  (model(torch.from_numpy(x[:, None]).to(dtype)) ** 2).sum().backward()
+  return model[0].weight.grad.permute(2, 3, 1, 0).double().numpy()
+
+
+def float64_judge(ref: nn.Sequential, module, x: np.ndarray) -> dict:
+  """How far each float32 first-kernel gradient is from PyTorch's in float64, on x [n, S, S]:
+  tells a Flax error from what float32 itself loses in the deep ReLU stack."""
+  params = {"params": cnn_params(ref, module.channels)}
+  loss = lambda p, x: jnp.sum(module.apply(p, x) ** 2)  # noqa: E731
+  flax = np.asarray(jax.jit(jax.grad(loss))(params, jnp.asarray(x))["params"]["conv0_0"]["kernel"])
+  exact = first_kernel_grad_torch(ref, x, torch.float64)
+  rel = lambda got: float(np.abs(got - exact).max() / np.abs(exact).max())  # noqa: E731
+  return {"float64_frames": len(x), "flax_grad_vs_float64": rel(flax),
+          "torch_grad_vs_float64": rel(first_kernel_grad_torch(ref, x, torch.float32))}
+
+
 def network_cases(frames: int, channels, side: int, repeats: int) -> tuple[list[dict], dict]:
   """The 'forward' and 'train' rows for [frames, side, side] inputs, and the parity figures."""
   torch.manual_seed(0)
@@ -109,10 +132,11 @@ def network_cases(frames: int, channels, side: int, repeats: int) -> tuple[list[
   torch_train()
   want_grad = ref[0].weight.grad.permute(2, 3, 1, 0).numpy()
   want = torch_forward().numpy()
-  parity = {"frames": frames,
-            "features_rel": float(np.abs(features - want).max() / np.abs(want).max()),
-            "first_kernel_grad_rel": float(np.abs(np.asarray(grads["params"]["conv0_0"]["kernel"])
-                                                  - want_grad).max() / np.abs(want_grad).max())}
+  rel = lambda got, ref: float(np.abs(got - ref).max() / np.abs(ref).max())  # noqa: E731
+  first_kernel_grad = np.asarray(grads["params"]["conv0_0"]["kernel"])
+  parity = {"frames": frames, "features_rel": rel(features, want),
+            "first_kernel_grad_rel": rel(first_kernel_grad, want_grad),
+            **float64_judge(ref, module, x[:F64_FRAMES])}
   flops = {"forward": counted_flops(torch_forward), "train": counted_flops(torch_train)}
   runs = {"forward": (torch_forward, lambda: jax.block_until_ready(forward(params, x_jax))),
           "train": (torch_train, lambda: jax.block_until_ready(train(params, x_jax)))}
@@ -183,7 +207,9 @@ def main(argv=None) -> None:
     network_rows, parity = network_cases(frames, channels, side, args.runs)
     parities.append(parity)
     print(f"{frames} frames: features max |flax - torch| / max = {parity['features_rel']:.1e}, "
-          f"first kernel gradient {parity['first_kernel_grad_rel']:.1e}", flush=True)
+          f"first kernel gradient {parity['first_kernel_grad_rel']:.1e}; against float64 PyTorch "
+          f"on {parity['float64_frames']} frames: Flax {parity['flax_grad_vs_float64']:.1e}, "
+          f"PyTorch float32 {parity['torch_grad_vs_float64']:.1e}", flush=True)
     rows += network_rows + conv_cases(frames, heavy["side"], heavy["channels_in"],
                                       heavy["channels_out"], args.runs)
   table = format_table(rows)
